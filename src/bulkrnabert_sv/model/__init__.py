@@ -1,0 +1,30 @@
+"""The BulkRNABert model: configuration, NNX modules, tokenizer, attention and checkpoints."""
+
+from .attention import attention_weights, dot_product_attention
+from .checkpoints import CheckpointError, export_hf_folder
+from .config import PRESETS, BulkRNABertConfig
+from .heads import MLPHead, load_head
+from .loading import DEFAULT_REPO, load_model
+from .modeling import BulkRNABert, IA3Param, MaskEmbeddingParam
+from .random import random_model
+from .tokenizer import bin_log_expression, expression_bins, tokenize
+
+__all__ = [
+    "DEFAULT_REPO",
+    "PRESETS",
+    "BulkRNABert",
+    "BulkRNABertConfig",
+    "CheckpointError",
+    "IA3Param",
+    "MLPHead",
+    "MaskEmbeddingParam",
+    "attention_weights",
+    "bin_log_expression",
+    "dot_product_attention",
+    "export_hf_folder",
+    "expression_bins",
+    "load_head",
+    "load_model",
+    "random_model",
+    "tokenize",
+]
