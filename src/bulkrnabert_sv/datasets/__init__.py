@@ -1,1 +1,14 @@
-"""datasets."""
+"""Data sets: GDC (TCGA) STAR-Counts reader and downloader."""
+
+from .._lazy import lazy_getattr
+
+_ATTRIBUTES = {
+    "read_gdc": "._gdc",
+    "download_gdc": "._gdc",
+}
+__all__ = sorted(_ATTRIBUTES)
+__getattr__ = lazy_getattr(__name__, _ATTRIBUTES)
+
+
+def __dir__():
+    return __all__

@@ -1,0 +1,1 @@
+"""Internal building blocks shared by ``pp`` and ``tl`` (not public API)."""
