@@ -94,7 +94,7 @@ def glioma_samples(genes: pd.DataFrame) -> list[GDCSample]:
         values = csv.iloc[i].reindex(genes["unversioned"]).fillna(0.0).to_numpy()
         values[genes["gene_id"].str.endswith("_PAR_Y").to_numpy()] = 0.0
         file_id = str(uuid.UUID(int=0x5EED0000 + i))
-        project = "TCGA-GBM" if barcode.startswith("TCGA-06") else "TCGA-LGG"
+        project = "TCGA-GBM"  # tissue source sites 06 and 27 are glioblastoma sites
         samples.append(
             GDCSample(
                 file_id,
@@ -111,9 +111,12 @@ def glioma_samples(genes: pd.DataFrame) -> list[GDCSample]:
 
 def breast_samples(genes: pd.DataFrame, n: int = 15) -> list[GDCSample]:
     """The 15 real TCGA BRCA tumours (by symbol) on ``genes``; their GDC file ids are real."""
-    table = pd.read_csv(
-        shared_path("data/tcga_brca_15_tpm_symbols.tsv.gz"), sep="\t", index_col=0
-    ).iloc[:n]
+    with gzip.open(shared_path("data/tcga_brca_15_tpm_symbols.tsv.gz"), "rt") as handle:
+        header = handle.readline().rstrip("\n").split("\t")[1:]
+        rows = [line.rstrip("\n").split("\t") for line in handle][:n]
+    table = pd.DataFrame(
+        np.array([r[1:] for r in rows], dtype=float), index=[r[0] for r in rows], columns=header
+    )
     unique_names = genes["gene_name"][~genes["gene_name"].duplicated(keep=False)]
     samples = []
     for i, (raw_id, row) in enumerate(table.iterrows()):
@@ -152,16 +155,21 @@ def star_table(sample: GDCSample, genes: pd.DataFrame) -> str:
     fpkm = per_kb / max(counts.sum(), 1) * 1e6
     uq = np.percentile(counts[counts > 0], 75) if (counts > 0).any() else 1
     fpkm_uq = per_kb / uq * 1e3
-    lines = ["# gene-model: GENCODE v36", "\t".join(HEADER)]
-    lines += [f"{k}\t\t\t{v}\t{v // 2}\t{v // 2}\t\t\t" for k, v in SUMMARY.items()]
-    for j, (gid, name, gtype) in enumerate(
-        genes[["gene_id", "gene_name", "gene_type"]].itertuples(index=False)
-    ):
-        lines.append(
-            f"{gid}\t{name}\t{gtype}\t{counts[j]}\t{first[j]}\t{counts[j] - first[j]}\t"
-            f"{tpm[j]:.4f}\t{fpkm[j]:.4f}\t{fpkm_uq[j]:.4f}"
-        )
-    return "\n".join(lines) + "\n"
+    summary = "".join(f"{k}\t\t\t{v}\t{v // 2}\t{v // 2}\t\t\t\n" for k, v in SUMMARY.items())
+    columns = (
+        genes["gene_id"],
+        genes["gene_name"],
+        genes["gene_type"],
+        counts,
+        first,
+        counts - first,
+        tpm,
+        fpkm,
+        fpkm_uq,
+    )
+    row = "%s\t%s\t%s\t%d\t%d\t%d\t%.4f\t%.4f\t%.4f\n"
+    body = "".join(row % values for values in zip(*(np.asarray(c).tolist() for c in columns)))
+    return "# gene-model: GENCODE v36\n" + "\t".join(HEADER) + "\n" + summary + body
 
 
 def write_gdc_folder(
