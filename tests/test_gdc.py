@@ -189,6 +189,33 @@ def test_gzipped_files_are_read(gdc_folder, samples, tmp_path, adata):
     np.testing.assert_array_equal(back[adata.obs_names].X, adata.X)
 
 
+def test_tables_passed_in_are_not_modified(gdc_folder, clinical, adata):
+    sheet = pd.read_csv(next(gdc_folder.glob("gdc_sample_sheet*.tsv")), sep="\t")
+    sheet_before, clinical_before = sheet.copy(), clinical.copy()
+    back = read_gdc(gdc_folder, sample_sheet=sheet, clinical=clinical)
+    pd.testing.assert_frame_equal(sheet, sheet_before)
+    pd.testing.assert_frame_equal(clinical, clinical_before)
+    np.testing.assert_array_equal(back.X, adata.X)
+    for column in ("os_time", "os_event", "age_at_index", "cohort"):
+        assert back.obs[column].tolist() == adata.obs[column].tolist(), column
+
+
+def test_new_portal_sample_sheet_without_sample_type(gdc_folder, samples, tmp_path):
+    """The 2024 portal's sheet has Tissue Type / Tumor Descriptor instead of Sample Type."""
+    folder = _copy(gdc_folder, tmp_path)
+    path = next(folder.glob("gdc_sample_sheet*.tsv"))
+    sheet = pd.read_csv(path, sep="\t").drop(columns="Sample Type")
+    sheet["Tissue Type"] = "Tumor"
+    sheet["Tumor Descriptor"] = "Primary"
+    sheet.loc[1, "Sample ID"] = samples[1].sample_id.replace("-01A", "-11A")
+    sheet.to_csv(path, sep="\t", index=False)
+    back = read_gdc(folder, clinical=False)
+    assert back.obs["sample_type"].iloc[0] == "Primary Tumor"
+    assert back.obs["sample_type"].iloc[1] == "Solid Tissue Normal"
+    assert (back.obs["tissue_type"] == "Tumor").all()
+    assert (back.obs["tumor_descriptor"] == "Primary").all()
+
+
 # ------------------------------------------------------------------------------ bad input
 
 

@@ -218,7 +218,7 @@ class _Client:
             _in("analysis.workflow_type", [workflow]),
             _in("access", ["open"]),
         )
-        return list(self._search("files", filters, _FILE_FIELDS))
+        return _unique(self._search("files", filters, _FILE_FIELDS), "file_id")
 
     def search_cases(self, projects: list[str]) -> list[dict]:
         fields = (
@@ -228,7 +228,9 @@ class _Client:
             *(f"demographic.{f}" for f in _DEMOGRAPHIC),
             *(f"diagnoses.{f}" for f in _DIAGNOSIS),
         )
-        return list(self._search("cases", _in("project.project_id", projects), fields))
+        return _unique(
+            self._search("cases", _in("project.project_id", projects), fields), "submitter_id"
+        )
 
     # -- downloads
     def download(self, hits: list[dict], folder: Path) -> None:
@@ -295,6 +297,14 @@ def _is_cached(folder: Path, hit: dict) -> bool:
                 digest.update(chunk)
         return digest.hexdigest() == hit["md5sum"]
     return True
+
+
+def _unique(hits, key: str) -> list[dict]:
+    """Hits in order, without repeats (pages must not overlap, but do not rely on it)."""
+    seen: dict = {}
+    for hit in hits:
+        seen.setdefault(hit.get(key), hit)
+    return list(seen.values())
 
 
 def _in(field: str, values: list[str]) -> dict:
