@@ -159,11 +159,13 @@ def test_training_history_from_finetune_uns():
         "val_accuracy": [0.4, 0.6, 0.7],
     }
     adata = ad.AnnData(obs=pd.DataFrame(index=["a"]))
-    adata.uns["bulkrnabert_finetune"] = {"history": history}
+    adata.uns["bulkrnabert_finetune"] = {"history": history, "params": {"best_epoch": 3}}
     fig = pl.training_history(adata)
     assert len(fig.axes) == 2
     lines = {line.get_label(): line for ax in fig.axes for line in ax.get_lines()}
-    assert set(lines) == set(history)
+    assert set(lines) == {*history, "best epoch (3)"}
+    assert list(lines["best epoch (3)"].get_xdata()) == [3, 3]
+    del lines["best epoch (3)"]
     for name, values in history.items():
         np.testing.assert_array_equal(lines[name].get_ydata(), values)
         np.testing.assert_array_equal(lines[name].get_xdata(), [1, 2, 3])

@@ -216,13 +216,15 @@ def kaplan_meier(
     return fig
 
 
-def _history_frame(history, key: str) -> pd.DataFrame:
+def _history_frame(history, key: str) -> tuple[pd.DataFrame, int | None]:
+    best = None
     if hasattr(history, "uns"):
         if key not in history.uns or "history" not in history.uns[key]:
             raise KeyError(
                 f"uns[{key!r}]['history'] is missing: run bulkrnabert_sv.tl.finetune on this "
                 "object first, or pass the history itself (a dict or tl.pretrain's DataFrame)."
             )
+        best = history.uns[key].get("params", {}).get("best_epoch")
         history = history.uns[key]["history"]
     if isinstance(history, pd.DataFrame):
         frame = history.copy()
@@ -238,7 +240,7 @@ def _history_frame(history, key: str) -> pd.DataFrame:
         )
     if frame.empty:
         raise ValueError("The training history is empty: nothing to plot.")
-    return frame
+    return frame, (int(best) if best is not None and "val_loss" in frame else None)
 
 
 def training_history(
@@ -272,11 +274,14 @@ def training_history(
     -------
     The figure: a left panel with the columns whose name contains ``loss`` and, when there
     are others (accuracy, C-index...), a right panel with them. One line per column, labelled
-    with its name, x = ``step`` (pretraining) or the epoch (1, 2, ...).
+    with its name, x = ``step`` (pretraining) or the epoch (1, 2, ...). For an AnnData
+    fine-tuned with validation, a dashed vertical line marks ``params["best_epoch"]`` (the
+    epoch whose weights were kept).
     """
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
-    frame = _history_frame(history, key)
+    frame, best_epoch = _history_frame(history, key)
     x_name = next((c for c in ("step", "epoch") if c in frame), None)
     x = frame[x_name].to_numpy() if x_name else np.arange(1, len(frame) + 1)
     if keys is None:
@@ -310,6 +315,16 @@ def training_history(
                 marker="." if len(x) < 50 else None,
                 label=column,
             )
+        if x_name is None:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            if best_epoch:
+                ax.axvline(
+                    best_epoch,
+                    color="0.5",
+                    linestyle="--",
+                    linewidth=1,
+                    label=f"best epoch ({best_epoch})",
+                )
         ax.set_xlabel(x_name or "epoch")
         ax.set_ylabel("loss" if columns is losses else "metric")
         if columns is losses and log_loss:
@@ -377,7 +392,8 @@ def confusion_matrix(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # empty rows normalise to 0
         matrix = sk_confusion_matrix(y_true, y_pred, labels=list(labels), normalize=normalize)
-    fig, ax = _axes(ax, figsize=(1.2 + 0.6 * len(labels), 1.0 + 0.6 * len(labels)))
+    size = 0.6 * len(labels)
+    fig, ax = _axes(ax, figsize=(max(4.5, 2.0 + size), max(3.8, 1.6 + size)))
     image = ax.imshow(matrix, cmap=cmap, vmin=0, vmax=1 if normalize else None)
     threshold = (matrix.max() + matrix.min()) / 2
     for (i, j), value in np.ndenumerate(matrix):
