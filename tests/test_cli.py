@@ -64,6 +64,11 @@ def test_embed_h5ad_to_h5ad(model_dir, tcga4, tmp_path, capsys):
     assert out.uns["bulkrnabert"]["params"]["model"] == str(model_dir)
     assert out.uns["bulkrnabert"]["genes"]["n_matched"] == N_GENES
     assert "X_bulkrnabert" not in ad.read_h5ad(tmp_path / "in.h5ad").obsm  # input untouched
+    # Writing into the input file itself adds the fields and keeps the rest.
+    assert run_embed(tmp_path / "in.h5ad", tmp_path / "in.h5ad", model=model_dir) == 0
+    updated = ad.read_h5ad(tmp_path / "in.h5ad")
+    np.testing.assert_array_equal(updated.obsm["X_bulkrnabert"], out.obsm["X_bulkrnabert"])
+    np.testing.assert_array_equal(updated.X, adata.X)
 
 
 def test_embed_csv_and_tsv_tables(model_dir, tcga4, tmp_path):

@@ -143,6 +143,8 @@ def test_views_and_mudata(model):
     np.testing.assert_array_equal(mdata.mod["rna"].obsm["X_bulkrnabert"], full)
     assert "bulkrnabert" in mdata.mod["rna"].uns
     assert "X_bulkrnabert" not in mdata.mod["other"].obsm
+    copied = bs.tl.embed(mdata, model, mod="rna", progress=False, copy=True, key_added="X_c")
+    assert "X_c" in copied.mod["rna"].obsm and "X_c" not in mdata.mod["rna"].obsm
     with pytest.raises(KeyError, match="no modality 'prot'"):
         bs.tl.embed(mdata, model, mod="prot", progress=False)
 
@@ -229,8 +231,10 @@ def test_backed_input_reads_one_batch_at_a_time(model, tmp_path, monkeypatch):
     def recording(self, selection):
         if self.name == "/X":
             rows = selection[0] if isinstance(selection, tuple) else selection
-            assert isinstance(rows, slice), f"X read with {selection!r}"
-            rows_read.append(len(range(*rows.indices(self.shape[0]))))
+            if isinstance(rows, slice):
+                rows_read.append(len(range(*rows.indices(self.shape[0]))))
+            else:  # a view's rows: an index array
+                rows_read.append(len(np.asarray(rows)))
         return original(self, selection)
 
     monkeypatch.setattr(h5py.Dataset, "__getitem__", recording)
@@ -246,6 +250,17 @@ def test_backed_input_reads_one_batch_at_a_time(model, tmp_path, monkeypatch):
     np.testing.assert_array_equal(backed.obsm["X_bulkrnabert"], expected.obsm["X_bulkrnabert"])
     with pytest.raises(ValueError, match="copy=True is not possible for backed"):
         bs.tl.embed(backed, model, copy=True, progress=False)
+    # A view of backed data is read batch by batch too, in the view's order.
+    rows_read.clear()
+    view = ad.read_h5ad(path, backed="r")[[50, 3, 7, 99, 12]]
+    with pytest.raises(ValueError, match="Pass copy=True"):
+        bs.tl.embed(view, model, progress=False)
+    result = bs.tl.embed(view, model, batch_size=4, progress=False, copy=True)
+    assert rows_read[:2] == [4, 1]  # then the copy reads the view's rows
+    assert not result.isbacked and "X_bulkrnabert" not in view.obsm
+    np.testing.assert_allclose(
+        result.obsm["X_bulkrnabert"], expected.obsm["X_bulkrnabert"][[50, 3, 7, 99, 12]], atol=1e-6
+    )
 
 
 # ------------------------------------------------------------------------------ devices

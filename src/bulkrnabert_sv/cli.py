@@ -276,6 +276,7 @@ def write_output(args, data, kind: str, embeddings, result: dict) -> None:
         data.write_h5ad(output)
     else:
         prefix = f"mod/{args.mod}/" if kind == "h5mu" else ""
+        data.file.close()  # release the backed input (it may be the output)
         _add_to_file(args.input, output, prefix, args.key_added, embeddings, result)
 
 

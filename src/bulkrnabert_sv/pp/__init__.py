@@ -10,6 +10,8 @@ _ATTRIBUTES = {
     "strip_ensembl_version": "._align",
     "counts_to_tpm": "._tpm",
     "check_expression": "._checks",
+    "ExpressionValueError": "._checks",
+    "ExpressionValueWarning": "._checks",
 }
 __all__ = sorted(_ATTRIBUTES)
 __getattr__ = lazy_getattr(__name__, _ATTRIBUTES)

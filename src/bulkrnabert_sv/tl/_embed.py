@@ -67,8 +67,9 @@ def embed(
         ``obsm`` key of the embeddings. The ``uns`` key is ``key_added`` without a leading
         ``"X_"`` (``"bulkrnabert"`` for the default).
     copy
-        Return a modified copy instead of writing to ``data`` (not for backed data: use
-        ``copy=False`` there, or ``data.to_memory()``).
+        Return a modified copy instead of writing to ``data``. For backed data: not possible
+        (it would load X; use ``copy=False``), except for a view of backed data, where it is
+        required (the view's rows are loaded into memory for the copy, after embedding).
     progress
         Show a progress bar.
 
@@ -105,12 +106,7 @@ def embed(
 
     _check_arguments(batch_size=batch_size, key_added=key_added)
     adata = get_modality(data, mod)
-    if copy and adata.isbacked:
-        raise ValueError(
-            "copy=True is not possible for backed data (it would load X into memory). Use "
-            "copy=False: the embeddings are added to the object in memory; save them with "
-            "adata.write_h5ad(...) or read the file fully with anndata.read_h5ad(path)."
-        )
+    _check_backed(adata, copy=copy)
     if not isinstance(model, BulkRNABert):
         model = load_model(model)
     resolved_layer = model._resolve_layer(embedding_layer)
@@ -133,9 +129,30 @@ def embed(
     }
     result = {"params": params, "genes": alignment.report()}
 
-    target = data.copy() if copy else data
+    if copy:
+        target = data.to_memory() if adata.isbacked and data is adata else data.copy()
+    else:
+        target = data
     _write(get_modality(target, mod), key_added, embeddings, result)
     return target if copy else None
+
+
+def _check_backed(adata, *, copy: bool) -> None:
+    """Refuse, before any work, what anndata cannot do with backed data."""
+    if not adata.isbacked:
+        return
+    if copy and not adata.is_view:
+        raise ValueError(
+            "copy=True is not possible for backed data (it would load X into memory). Use "
+            "copy=False: the embeddings are added to the object in memory; save them with "
+            "adata.write_h5ad(...) or read the file fully with anndata.read_h5ad(path)."
+        )
+    if not copy and adata.is_view:
+        raise ValueError(
+            "Cannot write into a view of backed data (anndata cannot turn it into an actual "
+            "object). Pass copy=True to get the subset in memory with the embeddings, or embed "
+            "the whole backed object."
+        )
 
 
 def _check_arguments(*, batch_size: int, key_added: str) -> None:
