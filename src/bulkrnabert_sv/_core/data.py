@@ -24,14 +24,32 @@ def get_modality(data, mod: str = "rna") -> AnnData:
 
 
 def get_matrix(adata: AnnData, layer: str | None = None):
-    """``adata.X`` or ``adata.layers[layer]`` (not densified)."""
+    """``adata.X`` or ``adata.layers[layer]`` (not densified, not read into memory when backed)."""
     if layer is None:
+        if adata.isbacked and adata.is_view:
+            # A view's .X would read all of its rows at once; read them batch by batch instead.
+            return BackedViewRows(adata)
         if adata.X is None:
             raise ValueError("adata.X is empty; pass layer= naming the layer that holds TPM.")
         return adata.X
     if layer not in adata.layers:
-        raise KeyError(f"adata.layers has no {layer!r}; available: {sorted(adata.layers.keys())}.")
+        raise KeyError(
+            f"adata.layers has no {layer!r}; available: "
+            f"{sorted(str(k) for k in adata.layers.keys() if k is not None)}. "
+            "Pass layer=None to use X."
+        )
     return adata.layers[layer]
+
+
+class BackedViewRows:
+    """Row access to the X of a view of a backed AnnData, reading only the rows asked for."""
+
+    def __init__(self, adata: AnnData):
+        self.adata = adata
+        self.shape = adata.shape
+
+    def __getitem__(self, rows: slice):
+        return self.adata[rows].X
 
 
 def dense_rows(matrix, start: int, stop: int) -> np.ndarray:

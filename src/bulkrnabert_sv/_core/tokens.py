@@ -38,7 +38,9 @@ class TokenBatches:
         for start, stop, rows in iter_row_batches(self.matrix, self.batch_size):
             if self.check:
                 check_tpm_rows(rows, where=self.where, first_row=start, warn=start == 0)
-            yield start, stop, self.model.tokenize(self.alignment.transform(rows))
+            tokens = self.model.tokenize(self.alignment.transform(rows))
+            del rows  # hold at most one batch of the input at a time
+            yield start, stop, tokens
 
 
 def token_batches(

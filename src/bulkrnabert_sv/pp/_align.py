@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import warnings
+from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
@@ -16,9 +17,27 @@ from .._core.data import get_modality
 #: Below this many matched vocabulary genes the upstream preprocessing refused a sample.
 MIN_MATCHED_GENES = 18_000
 _ENSEMBL = re.compile(r"^(ENS[A-Z]*G\d{11})(\.\d+)?(_PAR_Y)?$")
+_SPECIES = {
+    "ENSMUSG": "mouse",
+    "ENSRNOG": "rat",
+    "ENSDARG": "zebrafish",
+    "ENSGALG": "chicken",
+    "ENSSSCG": "pig",
+    "ENSBTAG": "cow",
+    "ENSMMUG": "macaque",
+    "ENSCAFG": "dog",
+}
 
 
-@dataclasses.dataclass
+class GeneCoverageWarning(UserWarning):
+    """Model genes are missing from the input (they are set to TPM 0)."""
+
+
+class DuplicateGenesWarning(UserWarning):
+    """Several input columns map to one model gene (their values are summed)."""
+
+
+@dataclasses.dataclass(repr=False)
 class GeneAlignment:
     """How the input's genes map onto the model vocabulary.
 
@@ -42,7 +61,15 @@ class GeneAlignment:
     duplicated
         Vocabulary genes that several input columns map to (their TPM summed).
     dropped
-        Input identifiers dropped on purpose (``_PAR_Y`` copies, ambiguous symbols).
+        Input identifiers dropped on purpose (``_PAR_Y`` copies, ambiguous symbols, symbols
+        shadowed by a better match); ``dropped_reasons`` says why for each.
+    matched_by
+        Number of input columns used, by how they matched: ``ensembl``, ``approved``,
+        ``previous`` or ``alias``.
+    gene_key
+        The ``var`` column the identifiers came from (None: ``var_names``).
+    symbol_source
+        The symbol table's source and release, when symbols were mapped.
     """
 
     genes: tuple[str, ...]
@@ -54,6 +81,10 @@ class GeneAlignment:
     unmapped: list[str]
     duplicated: list[str]
     dropped: list[str] = dataclasses.field(default_factory=list)
+    dropped_reasons: dict[str, str] = dataclasses.field(default_factory=dict)
+    matched_by: dict[str, int] = dataclasses.field(default_factory=dict)
+    gene_key: str | None = None
+    symbol_source: str | None = None
 
     @property
     def coverage(self) -> float:
@@ -61,9 +92,13 @@ class GeneAlignment:
         return self.n_matched / len(self.genes)
 
     def report(self) -> dict[str, int | float | str]:
-        """Counts for logs and ``uns``: matched / missing / unmapped / duplicated / dropped."""
-        return {
+        """Counts for logs and ``uns``: matched / missing / unmapped / duplicated / dropped.
+
+        Every value is a string, an int or a float, so the report can be written to ``.h5ad``.
+        """
+        out: dict[str, int | float | str] = {
             "id_type": self.id_type,
+            "gene_key": self.gene_key if self.gene_key is not None else "var_names",
             "n_vocabulary": len(self.genes),
             "n_input": len(self.input_names),
             "n_matched": self.n_matched,
@@ -73,11 +108,27 @@ class GeneAlignment:
             "n_dropped": len(self.dropped),
             "coverage": float(self.coverage),
         }
+        for kind, n in self.matched_by.items():
+            out[f"n_matched_by_{kind}"] = int(n)
+        if self.symbol_source is not None:
+            out["symbol_table"] = self.symbol_source
+        return out
 
-    def transform(self, rows: np.ndarray) -> np.ndarray:
-        """Map dense input rows (n, n_input_genes) to vocabulary order (n, n_vocabulary)."""
+    def transform(self, rows) -> np.ndarray:
+        """Map input rows (n, n_input_genes), dense or sparse, to vocabulary order (n, n_vocabulary)."""
         out = sp.csr_matrix(rows) @ self.matrix if sp.issparse(rows) else rows @ self.matrix
+        if sp.issparse(out):
+            out = out.toarray()
         return np.asarray(out, dtype=np.float64)
+
+    def __repr__(self) -> str:
+        r = self.report()
+        return (
+            f"GeneAlignment({r['n_matched']} of {r['n_vocabulary']} model genes matched "
+            f"({100 * self.coverage:.1f}%) from {r['n_input']} {self.id_type} ids; "
+            f"missing {r['n_missing']}, unmapped {r['n_unmapped']}, "
+            f"duplicated {r['n_duplicated']}, dropped {r['n_dropped']})"
+        )
 
 
 def strip_ensembl_version(name: str) -> str | None:
@@ -91,7 +142,10 @@ def strip_ensembl_version(name: str) -> str | None:
 def _vocabulary(genes_or_model) -> tuple[str, ...]:
     genes = getattr(genes_or_model, "genes", genes_or_model)
     if genes is None:
-        raise ValueError("The model has no gene list; load it from a checkpoint or pass genes.")
+        raise ValueError(
+            "The model has no gene list; load it from a checkpoint (load_model) or pass the "
+            "vocabulary with genes=."
+        )
     return tuple(str(g) for g in genes)
 
 
@@ -104,45 +158,70 @@ def align_genes(
     id_type: str = "auto",
     warn: bool = True,
 ) -> GeneAlignment:
-    """Align the input's genes to a vocabulary.
+    """Align the input's genes to a model's vocabulary.
+
+    Identifiers may be Ensembl gene ids (with or without version suffixes; ``_PAR_Y`` rows of
+    GENCODE are dropped) or HGNC gene symbols. Symbols are mapped through a table shipped with the
+    package, derived from the HGNC complete set (release 2020-07): approved symbols first, then
+    previous symbols, then aliases; ambiguous symbols are dropped. When several input columns map
+    to one model gene, only those that matched best are used (an approved symbol beats a previous
+    symbol, which beats an alias; the others are dropped) and those are summed, with a warning.
+    Model genes absent from the input get TPM 0.
 
     Parameters
     ----------
     data
-        AnnData or MuData (``mod`` picks the modality).
+        AnnData or MuData (``mod`` picks the modality). Not modified.
     genes
         A model (its ``genes``) or a sequence of unversioned Ensembl ids in model order.
     gene_key
         A ``var`` column holding the identifiers; default ``var_names``.
+    mod
+        The MuData modality holding the expression.
     id_type
-        ``"ensembl"``, ``"symbol"`` or ``"auto"`` (Ensembl if most identifiers look like Ensembl).
+        ``"ensembl"``, ``"symbol"`` or ``"auto"`` (Ensembl if at least half the identifiers look
+        like Ensembl gene ids). With ``"symbol"``, Ensembl ids among the identifiers are used too.
     warn
-        Warn about low coverage and duplicates.
+        Warn about missing model genes (:class:`GeneCoverageWarning`) and summed duplicates
+        (:class:`DuplicateGenesWarning`).
 
     Returns
     -------
-    A :class:`GeneAlignment`; nothing in ``data`` is changed.
+    A :class:`GeneAlignment` (``.report()`` gives the matched / missing / unmapped / duplicated /
+    dropped counts).
 
     Raises
     ------
     ValueError
-        No overlap at all; the message names the likely cause.
+        No overlap at all; the message names the likely cause (species, annotation, wrong column).
+    KeyError
+        ``gene_key`` is not a ``var`` column.
     """
     adata = get_modality(data, mod)
     vocabulary = _vocabulary(genes)
     names = _input_names(adata, gene_key)
     if id_type == "auto":
-        n_ensembl = sum(strip_ensembl_version(n) is not None or n.endswith("_PAR_Y") for n in names)
-        id_type = "ensembl" if n_ensembl >= 0.5 * max(len(names), 1) else "symbol"
-    if id_type == "ensembl":
-        keys, dropped = _ensembl_keys(names)
-    elif id_type == "symbol":
-        from ._symbols import symbols_to_ensembl
-
-        keys, dropped = symbols_to_ensembl(names)
-    else:
+        id_type = guess_id_type(names)
+    if id_type not in ("ensembl", "symbol"):
         raise ValueError(f"id_type must be 'auto', 'ensembl' or 'symbol', got {id_type!r}.")
-    return _build_alignment(vocabulary, names, keys, dropped, id_type, warn=warn)
+    keys, kinds, dropped = _resolve(names, id_type)
+    alignment = _build_alignment(vocabulary, names, keys, kinds, dropped, id_type)
+    alignment.gene_key = gene_key
+    if id_type == "symbol":
+        from ._symbols import symbol_table_source
+
+        alignment.symbol_source = symbol_table_source()
+    if alignment.n_matched == 0:
+        raise ValueError(_no_overlap_message(adata, names, id_type, gene_key, len(vocabulary)))
+    if warn:
+        _warn(alignment)
+    return alignment
+
+
+def guess_id_type(names: Sequence[str]) -> str:
+    """``"ensembl"`` if at least half the names look like Ensembl gene ids, else ``"symbol"``."""
+    n_ensembl = sum(_ENSEMBL.match(str(n)) is not None for n in names)
+    return "ensembl" if n_ensembl >= 0.5 * max(len(names), 1) else "symbol"
 
 
 def _input_names(adata, gene_key: str | None) -> np.ndarray:
@@ -156,70 +235,179 @@ def _input_names(adata, gene_key: str | None) -> np.ndarray:
     return np.asarray(adata.var[gene_key].astype(str))
 
 
-def _ensembl_keys(names: Sequence[str]) -> tuple[list[str | None], list[str]]:
-    keys, dropped = [], []
+def _resolve(names, id_type: str):
+    """Per name: Ensembl key (or None), how it matched, and dropped names with reasons."""
+    keys: list[str | None] = []
+    kinds: list[str | None] = []
+    dropped: dict[str, str] = {}
     for name in names:
         key = strip_ensembl_version(name)
-        if key is None and name.endswith("_PAR_Y"):
-            dropped.append(name)
+        if key is None and _ENSEMBL.match(name):
+            dropped[name] = "GENCODE _PAR_Y copy of a chrX gene"
         keys.append(key)
-    return keys, dropped
+        kinds.append("ensembl" if key is not None else None)
+    if id_type == "symbol":
+        from ._symbols import symbols_to_ensembl
+
+        todo = [i for i, (k, n) in enumerate(zip(keys, names)) if k is None and n not in dropped]
+        sym_keys, sym_kinds, sym_dropped = symbols_to_ensembl([names[i] for i in todo])
+        for i, key, kind in zip(todo, sym_keys, sym_kinds):
+            keys[i], kinds[i] = key, kind
+        dropped.update(sym_dropped)
+    return keys, kinds, dropped
 
 
-def _build_alignment(vocabulary, names, keys, dropped, id_type, *, warn: bool) -> GeneAlignment:
+def _build_alignment(vocabulary, names, keys, kinds, dropped, id_type) -> GeneAlignment:
+    from ._symbols import LEVELS
+
     position = {g: i for i, g in enumerate(vocabulary)}
-    rows, cols = [], []
+    hits: dict[int, list[tuple[int, int]]] = {}  # vocabulary column -> [(level, input row)]
     unmapped = []
-    for i, (name, key) in enumerate(zip(names, keys)):
+    for i, (name, key, kind) in enumerate(zip(names, keys, kinds)):
         j = position.get(key) if key is not None else None
         if j is None:
             if name not in dropped:
                 unmapped.append(name)
             continue
-        rows.append(i)
-        cols.append(j)
+        hits.setdefault(j, []).append((LEVELS[kind], i))
+    dropped = dict(dropped)
+    rows, cols = [], []
+    duplicated_cols = []
+    used_kinds: Counter[str] = Counter()
+    for j, candidates in sorted(hits.items()):
+        best = min(level for level, _ in candidates)
+        kept = [i for level, i in candidates if level == best]
+        for level, i in candidates:
+            if level != best:
+                dropped[names[i]] = (
+                    f"maps to {vocabulary[j]} through a weaker match than another input column "
+                    f"({', '.join(names[k] for k in kept)})"
+                )
+        if len(kept) > 1:
+            duplicated_cols.append(j)
+        rows.extend(kept)
+        cols.extend([j] * len(kept))
+        used_kinds.update(kinds[i] for i in kept)
     matrix = sp.csr_matrix(
         (np.ones(len(rows)), (np.asarray(rows, dtype=np.int64), np.asarray(cols, dtype=np.int64))),
         shape=(len(names), len(vocabulary)),
     )
-    hits = np.bincount(np.asarray(cols, dtype=np.int64), minlength=len(vocabulary))
-    duplicated = [vocabulary[j] for j in np.flatnonzero(hits > 1)]
-    missing = [vocabulary[j] for j in np.flatnonzero(hits == 0)]
-    n_matched = int((hits > 0).sum())
-    alignment = GeneAlignment(
+    matched = np.zeros(len(vocabulary), dtype=bool)
+    matched[list(hits)] = True
+    return GeneAlignment(
         genes=tuple(vocabulary),
         matrix=matrix,
         id_type=id_type,
         input_names=np.asarray(names),
-        n_matched=n_matched,
-        missing=missing,
+        n_matched=int(matched.sum()),
+        missing=[vocabulary[j] for j in np.flatnonzero(~matched)],
         unmapped=unmapped,
-        duplicated=duplicated,
+        duplicated=[vocabulary[j] for j in duplicated_cols],
         dropped=list(dropped),
+        dropped_reasons=dropped,
+        matched_by={k: used_kinds[k] for k in ("ensembl", "approved", "previous", "alias")},
     )
-    if n_matched == 0:
-        example = ", ".join(map(str, names[:3]))
-        raise ValueError(
-            f"None of the {len(names)} input genes (e.g. {example}) matches the model's "
-            f"{len(vocabulary)} genes (read as {id_type} ids). Likely causes: another species "
-            "(the model is human, Ensembl ENSG ids), identifiers in another var column "
-            "(pass gene_key=...), or another annotation (pass id_type='symbol' for HGNC symbols)."
-        )
-    if warn and duplicated:
+
+
+def _warn(alignment: GeneAlignment) -> None:
+    n_vocab = len(alignment.genes)
+    if alignment.duplicated:
+        example = alignment.duplicated[0]
+        j = alignment.genes.index(example)
+        inputs = alignment.input_names[alignment.matrix[:, j].nonzero()[0]]
         warnings.warn(
-            f"{len(duplicated)} vocabulary genes receive several input columns "
-            f"(e.g. {', '.join(duplicated[:3])}); their TPM values are summed.",
+            f"{len(alignment.duplicated)} model genes receive several input columns (e.g. "
+            f"{example} <- {', '.join(map(str, inputs))}); their values are summed. Aggregate "
+            "or drop duplicated genes first to control this.",
+            DuplicateGenesWarning,
             stacklevel=3,
         )
-    if warn and n_matched < min(MIN_MATCHED_GENES, len(vocabulary)):
-        warnings.warn(
-            f"Only {n_matched} of {len(vocabulary)} model genes were found in the input "
-            f"({100 * n_matched / len(vocabulary):.1f}%); the other {len(missing)} are set to TPM 0. "
-            f"The original preprocessing required at least {MIN_MATCHED_GENES}; embeddings of "
-            "samples with low coverage are less reliable.",
-            stacklevel=3,
+    n_missing = len(alignment.missing)
+    if n_missing == 0:
+        return
+    share = f"{alignment.n_matched} of {n_vocab} model genes ({100 * alignment.coverage:.1f}%)"
+    if alignment.n_matched < min(MIN_MATCHED_GENES, n_vocab):
+        message = (
+            f"Only {share} were found in the input; the other {n_missing} are set to TPM 0. "
+            f"The original preprocessing required at least {MIN_MATCHED_GENES} and embeddings of "
+            "samples with low coverage are less reliable. Check the identifiers (gene_key=, "
+            "id_type=) or use data quantified on the full GENCODE gene set."
         )
-    return alignment
+    else:
+        message = (
+            f"{share} were found in the input; the other {n_missing} (e.g. "
+            f"{', '.join(alignment.missing[:3])}) are set to TPM 0."
+        )
+    warnings.warn(message, GeneCoverageWarning, stacklevel=3)
+
+
+def _no_overlap_message(adata, names, id_type, gene_key, n_vocab) -> str:
+    where = "var_names" if gene_key is None else f"var[{gene_key!r}]"
+    example = ", ".join(map(str, names[:3]))
+    head = (
+        f"None of the {len(names)} input genes in {where} (e.g. {example}) matches the model's "
+        f"{n_vocab} human genes (read as {id_type} ids)."
+    )
+    return f"{head} {_likely_cause(adata, names, gene_key)}"
+
+
+def _likely_cause(adata, names, gene_key) -> str:
+    names = [str(n) for n in names]
+    if not names:
+        return "The input has no genes."
+    prefixes = Counter(m.group(1)[:-11] for n in names if (m := _ENSEMBL.match(n)))
+    if prefixes:
+        prefix, _ = prefixes.most_common(1)[0]
+        if prefix != "ENSG":
+            species = _SPECIES.get(prefix, "non-human")
+            return (
+                f"They look like {species} Ensembl ids ({prefix}...): BulkRNABert is a human "
+                "model. Map the genes to human orthologs (ENSG ids) first."
+            )
+    suggestion = _suggest_gene_key(adata, gene_key)
+    if suggestion:
+        return f"var[{suggestion!r}] does match: pass gene_key={suggestion!r}."
+    if all(n.isdigit() for n in names):
+        return (
+            "They are numbers: a default index or NCBI/Entrez ids. Put Ensembl gene ids or HGNC "
+            "symbols in var_names or pass gene_key= naming the var column that holds them."
+        )
+    if sum(re.fullmatch(r"[A-Z][a-z0-9-]+", n) is not None for n in names) > 0.5 * len(names):
+        return (
+            "They look like mouse or rat gene symbols (capitalised, e.g. Actb): BulkRNABert is a "
+            "human model. Map the genes to human orthologs first."
+        )
+    if sum(n.endswith("_at") for n in names) > 0.5 * len(names):
+        return "They look like microarray probe ids: BulkRNABert needs RNA-seq TPM per gene."
+    return (
+        "Likely causes: identifiers in another var column (pass gene_key=...), another annotation "
+        "or identifier type (pass id_type='symbol' or 'ensembl'), or another species."
+    )
+
+
+def _suggest_gene_key(adata, gene_key) -> str | None:
+    """A var column (other than the one used) whose values match Ensembl ids or HGNC symbols."""
+    from ._symbols import symbol_table
+
+    table = symbol_table().mapping
+    for column in adata.var.columns:
+        if column == gene_key:
+            continue
+        values = adata.var[column]
+        if not (
+            pd.api.types.is_object_dtype(values)
+            or pd.api.types.is_string_dtype(values)
+            or isinstance(values.dtype, pd.CategoricalDtype)
+        ):
+            continue
+        sample = values.astype(str).iloc[:2000]
+        hits = sum(
+            (strip_ensembl_version(v) is not None and v.startswith("ENSG")) or v in table
+            for v in sample
+        )
+        if hits >= 0.3 * len(sample) and hits > 0:
+            return str(column)
+    return None
 
 
 def alignment_table(alignment: GeneAlignment) -> pd.DataFrame:
