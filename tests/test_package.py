@@ -24,3 +24,16 @@ def test_public_names_resolve():
     assert b.load_model is b.model.load_model
     assert callable(b.pp.align_genes)
     assert "embed" in dir(b.tl)
+
+
+def test_every_lazy_name_resolves():
+    import importlib
+
+    import bulkrnabert_sv as b
+
+    for package in ("pp", "tl", "pl", "datasets", "model"):
+        module = importlib.import_module(f"bulkrnabert_sv.{package}")
+        for name in module.__all__:
+            assert getattr(module, name) is not None, f"{package}.{name}"
+    for name in b.__all__:
+        assert getattr(b, name) is not None, name

@@ -6,7 +6,7 @@ import warnings
 
 import numpy as np
 
-from .._core.checks import ExpressionValueWarning, check_tpm_rows, diagnose
+from .._core.checks import ExpressionValueError, ExpressionValueWarning, check_tpm_rows, diagnose
 from .._core.data import get_matrix, get_modality, iter_row_batches
 
 
