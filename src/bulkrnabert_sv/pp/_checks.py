@@ -9,6 +9,8 @@ import numpy as np
 from .._core.checks import ExpressionValueError, ExpressionValueWarning, check_tpm_rows, diagnose
 from .._core.data import get_matrix, get_modality, iter_row_batches
 
+__all__ = ["ExpressionValueError", "ExpressionValueWarning", "check_expression"]
+
 
 def check_expression(
     data, *, layer: str | None = None, mod: str = "rna", batch_size: int = 256
