@@ -398,11 +398,17 @@ def _optimizer(weight_decay: float, max_grad_norm: float | None) -> optax.Gradie
 
 # ------------------------------------------------------------------------------------ model, data
 def _initial_model(model, adata, *, genes, gene_key, seed: int) -> BulkRNABert:
+    """A new random model (preset, config) or a copy of the model to continue from."""
     if model is None:
         model = "tcga"
-    if isinstance(model, BulkRNABert) or (
-        isinstance(model, str | os.PathLike) and str(model) not in PRESETS
-    ):
+    if (isinstance(model, str) and model in PRESETS) or isinstance(model, BulkRNABertConfig):
+        vocabulary = (
+            _input_vocabulary(adata, gene_key) if genes is None else _checked_vocabulary(genes)
+        )
+        config = BulkRNABertConfig.from_preset(model) if isinstance(model, str) else model
+        config = config.replace(n_genes=len(vocabulary))
+        net = BulkRNABert(config, rngs=nnx.Rngs(seed), genes=vocabulary)
+    elif isinstance(model, BulkRNABert | str | os.PathLike):
         if genes is not None:
             raise ValueError(
                 "genes= sets the vocabulary of a new model; a model to continue from keeps its "
@@ -414,13 +420,6 @@ def _initial_model(model, adata, *, genes, gene_key, seed: int) -> BulkRNABert:
                 "The model has no gene list, so the data cannot be aligned to it. Load it from a "
                 "checkpoint that has one, or pass genes= to load_model."
             )
-    elif isinstance(model, str | BulkRNABertConfig):
-        vocabulary = (
-            _input_vocabulary(adata, gene_key) if genes is None else _checked_vocabulary(genes)
-        )
-        config = BulkRNABertConfig.from_preset(model) if isinstance(model, str) else model
-        config = config.replace(n_genes=len(vocabulary))
-        net = BulkRNABert(config, rngs=nnx.Rngs(seed), genes=vocabulary)
     else:
         raise TypeError(
             "model must be None, a preset name, a BulkRNABertConfig, a checkpoint source or a "
@@ -459,7 +458,7 @@ def _checked_vocabulary(names, what: str = "genes") -> tuple[str, ...]:
         )
     vocabulary = tuple(dict.fromkeys(ids))  # first occurrence kept; duplicates are summed
     if not vocabulary:
-        raise ValueError(f"{what} is empty: a model needs at least one gene.")
+        raise ValueError(f"There are no genes in {what}: a model needs at least one.")
     return vocabulary
 
 
