@@ -184,6 +184,18 @@ def test_an_interrupted_run_loses_at_most_the_steps_since_the_last_checkpoint(
     pd.testing.assert_frame_equal(history, reference_history)
 
 
+def test_backed_data_train_like_data_in_memory(tcga, genes, six_steps, tmp_path, capsys):
+    _, reference_history = six_steps
+    tcga.write_h5ad(tmp_path / "tcga.h5ad")
+    backed = ad.read_h5ad(tmp_path / "tcga.h5ad", backed="r")
+    _, history = tl.pretrain(
+        backed, genes=genes, steps=6, stop_after=2, **{**SETTINGS, "progress": True}
+    )
+    pd.testing.assert_frame_equal(history, reference_history.head(2))
+    assert "pretrain" in capsys.readouterr().err  # the progress bar
+    backed.file.close()
+
+
 def test_continue_from_a_saved_model_on_mudata(six_steps, tmp_path, tcga):
     model, _ = six_steps
     model.save(tmp_path / "start")
