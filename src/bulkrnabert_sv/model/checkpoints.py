@@ -294,7 +294,7 @@ def _build(
     problems = list(extra_problems) + _check_gene_count(genes, config, source)
     # Abstract init: shapes only, no random numbers drawn for weights about to be overwritten.
     model = nnx.eval_shape(lambda: BulkRNABert(config, rngs=nnx.Rngs(0)))
-    if any(_is_hook(name) for name in tensors):
+    if any(_is_hook(name) and name != "mask_embedding" for name in tensors):
         model.enable_ia3()
     if "mask_embedding" in tensors:
         model.enable_mask_embedding()

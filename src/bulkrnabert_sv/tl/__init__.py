@@ -9,6 +9,7 @@ _ATTRIBUTES = {
     "load_finetuned": "._finetune",
     "FinetunedModel": "._finetune",
     "pretrain": "._pretrain",
+    "PretrainCheckpointError": "._pretrain",
 }
 __all__ = sorted(_ATTRIBUTES)
 __getattr__ = lazy_getattr(__name__, _ATTRIBUTES)
