@@ -305,6 +305,15 @@ def test_no_validation(encoder, cohort):
     assert model.params["n_train"] == 300 and model.params["best_epoch"] == 3
 
 
+def test_model_from_a_folder(encoder, cohort, tmp_path):
+    encoder.save(tmp_path / "encoder")
+    model = bs.tl.finetune(
+        cohort, "cancer_type", model=str(tmp_path / "encoder"), progress=False, copy=True, epochs=1
+    )[1]
+    assert model.params["model"] == str(tmp_path / "encoder")
+    assert model.genes == encoder.genes
+
+
 def test_mudata_input(encoder, cohort):
     mudata = pytest.importorskip("mudata")
     mdata = mudata.MuData({"rna": cohort.copy()})

@@ -68,7 +68,7 @@ def finetune(
     task: Literal["classification", "survival"] | None = None,
     event_key: str | None = None,
     method: Literal["probe", "ia3", "full"] = "probe",
-    model="InstaDeepAI/BulkRNABert",
+    model=None,
     hidden_sizes: Sequence[int] = (256, 128),
     layer_norm: bool = False,
     embedding_layer: int = -1,
@@ -112,7 +112,8 @@ def finetune(
         values and FFN activations + head; backbone frozen) or ``"full"`` (all weights + head).
     model
         A :class:`~bulkrnabert_sv.model.BulkRNABert` or anything
-        :func:`~bulkrnabert_sv.load_model` accepts (hub id, folder). It is never modified.
+        :func:`~bulkrnabert_sv.load_model` accepts (hub id, folder). Default:
+        ``$BULKRNABERT_MODEL`` if set, else ``"InstaDeepAI/BulkRNABert"``. It is never modified.
     hidden_sizes, layer_norm
         The head: ``Linear + SELU`` per hidden size, optional LayerNorm, final ``Linear`` (as
         the released heads: ``(256, 128)`` for classification; ``(512, 256)`` with LayerNorm
