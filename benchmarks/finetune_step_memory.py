@@ -1,0 +1,170 @@
+"""One IA3 and one full fine-tuning step at the published size (19,062 genes), batch 1, on CPU.
+
+Each method runs in a fresh subprocess; the parent records its peak resident memory (VmHWM) and
+kills it if it goes over ``--limit-gb``. Prints seconds (model build, first step including
+compilation) and peak RSS per method.
+
+    PYTHONPATH=src python benchmarks/finetune_step_memory.py [--methods ia3 full] [--limit-gb 24]
+        [--checkpoint-query-blocks]
+
+``--checkpoint-query-blocks`` wraps each query block of the blockwise attention in
+``jax.checkpoint`` (a stand-in for a memory-linear attention gradient): without it, autodiff
+through the attention's loops keeps every block's softmax residuals of a layer at once.
+
+The gene list is read from ``../shared/data/bulkrnabert_gene_ids.txt`` (random weights: only
+the shapes matter here).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+GENES = Path(os.environ.get("BULKRNABERT_SHARED", ROOT.parent / "shared")) / (
+    "data/bulkrnabert_gene_ids.txt"
+)
+
+
+def checkpoint_query_blocks() -> None:
+    """Make the blockwise attention rematerialise each query block in the backward pass."""
+    import jax
+
+    from bulkrnabert_sv.model import attention
+
+    class Lax:
+        def __getattr__(self, name):
+            return getattr(jax.lax, name)
+
+        @staticmethod
+        def map(f, xs, **kwargs):
+            return jax.lax.map(jax.checkpoint(f), xs, **kwargs)
+
+    class Jax:
+        lax = Lax()
+
+        def __getattr__(self, name):
+            return getattr(jax, name)
+
+    attention.jax = Jax()
+
+
+def child(method: str, remat: bool, checkpoint_blocks: bool) -> None:
+    """Run one training step and print a JSON line with timings."""
+    t0 = time.perf_counter()
+    import numpy as np
+
+    if checkpoint_blocks:
+        checkpoint_query_blocks()
+    from flax import nnx
+
+    from bulkrnabert_sv._core.finetuned import EncoderWithHead, structure_key
+    from bulkrnabert_sv.model import MLPHead, random_model
+    from bulkrnabert_sv.tl._finetune import _trainable, _trainer
+
+    genes = [g.strip() for g in GENES.read_text().splitlines() if g.strip()]
+    encoder = random_model("tcga", genes=genes, remat=remat)
+    if method == "ia3":
+        encoder.enable_ia3()
+    head = MLPHead(encoder.config.embed_dim, (256, 128), 5, rngs=nnx.Rngs(0))
+    depth = encoder.config.num_layers
+    bundle = EncoderWithHead(encoder, head, depth)
+    graphdef, params, frozen = nnx.split(bundle, _trainable(method, depth), ...)
+    trainer = _trainer(("bench", method, *structure_key(encoder)), graphdef, "classification")
+    opt_state = trainer.optimizer(learning_rate=1e-3, weight_decay=1e-4).init(params)
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(0, 64, (1, len(genes)), dtype=np.int32)
+    targets = {"label": np.array([2], np.int32), "weight": np.ones(1, np.float32)}
+    mask = np.ones(1, bool)
+    n_trainable = sum(int(np.prod(x.shape)) for x in __import__("jax").tree.leaves(params))
+    t1 = time.perf_counter()
+    _new_params, _, loss = trainer._step(params, opt_state, frozen, tokens, targets, mask)
+    loss = float(loss)
+    t2 = time.perf_counter()
+    print(
+        json.dumps(
+            {
+                "method": method,
+                "remat": remat,
+                "checkpoint_query_blocks": checkpoint_blocks,
+                "trainable_parameters": n_trainable,
+                "build_s": round(t1 - t0, 1),
+                "first_step_s": round(t2 - t1, 1),
+                "loss": loss,
+            }
+        ),
+        flush=True,
+    )
+
+
+def peak_rss_gb(pid: int) -> tuple[float, float]:
+    """(current, peak) resident memory of a process, in GB."""
+    values = {}
+    with open(f"/proc/{pid}/status") as handle:
+        for line in handle:
+            if line.startswith(("VmRSS:", "VmHWM:")):
+                name, amount, _unit = line.split()
+                values[name] = int(amount) / 1024**2
+    return values.get("VmRSS:", 0.0), values.get("VmHWM:", 0.0)
+
+
+def run(method: str, remat: bool, checkpoint_blocks: bool, limit_gb: float) -> dict:
+    command = [sys.executable, __file__, "--child", method]
+    command += ([] if remat else ["--no-remat"]) + (
+        ["--checkpoint-query-blocks"] if checkpoint_blocks else []
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env)
+    peak, killed = 0.0, False
+    while process.poll() is None:
+        try:
+            current, hwm = peak_rss_gb(process.pid)
+        except FileNotFoundError:
+            break
+        peak = max(peak, hwm, current)
+        if current > limit_gb:
+            process.kill()
+            killed = True
+            break
+        time.sleep(0.2)
+    out, _ = process.communicate()
+    lines = [line for line in out.splitlines() if line.startswith("{")]
+    result = json.loads(lines[-1]) if lines else {"method": method, "remat": remat}
+    result["peak_rss_gb"] = round(peak, 2)
+    result["status"] = (
+        f"killed above {limit_gb} GB" if killed else ("ok" if process.returncode == 0 else "failed")
+    )
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--methods", nargs="+", default=["ia3", "full"])
+    parser.add_argument("--limit-gb", type=float, default=24.0)
+    parser.add_argument("--no-remat", action="store_true")
+    parser.add_argument("--checkpoint-query-blocks", action="store_true")
+    parser.add_argument("--child", default=None)
+    args = parser.parse_args()
+    if args.child:
+        child(args.child, not args.no_remat, args.checkpoint_query_blocks)
+        return
+    print(
+        f"{'method':>6} {'remat':>5} {'q-ckpt':>6} {'build s':>8} {'step s':>8} {'peak RSS GB':>12}"
+    )
+    for method in args.methods:
+        r = run(method, not args.no_remat, args.checkpoint_query_blocks, args.limit_gb)
+        print(
+            f"{r['method']:>6} {r['remat']!s:>5} {args.checkpoint_query_blocks!s:>6} "
+            f"{r.get('build_s', float('nan')):>8} "
+            f"{r.get('first_step_s', float('nan')):>8} {r['peak_rss_gb']:>12}  {r['status']}",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,428 @@
+"""The fine-tuned model: encoder (possibly with IA3 vectors) + MLP head, its losses and its files.
+
+Layout of a saved fine-tuned model (no pickle anywhere)::
+
+    path/
+      backbone/            the encoder, written by BulkRNABert.save (IA3 vectors included)
+      head.safetensors     the head's weights (NNX paths)
+      finetuned.json       task, method, classes, head settings, obs keys, training parameters,
+                           metrics and history, package version
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+from flax import nnx
+
+from .survival import cox_negative_log_likelihood
+
+FORMAT_NAME = "bulkrnabert-sv-finetuned"
+FORMAT_VERSION = 1
+META_FILE = "finetuned.json"
+HEAD_FILE = "head.safetensors"
+BACKBONE_DIR = "backbone"
+#: Where ``tl.embed`` writes sample embeddings and its parameters.
+EMBEDDING_KEY = "X_bulkrnabert"
+EMBEDDING_UNS_KEY = "bulkrnabert"
+RISK_COLUMN = "risk"
+
+
+# ------------------------------------------------------------------------------------ losses
+def classification_loss(outputs, targets, mask):
+    """Class-weighted cross-entropy, averaged over the real samples of the batch."""
+    log_p = jax.nn.log_softmax(outputs.astype(jnp.float32), axis=-1)
+    nll = -jnp.take_along_axis(log_p, targets["label"][:, None].astype(jnp.int32), axis=1)[:, 0]
+    weight = targets["weight"] * mask
+    return jnp.sum(weight * nll) / jnp.maximum(jnp.sum(mask), 1)
+
+
+def survival_loss(outputs, targets, mask):
+    """Negative Cox partial log-likelihood (Breslow ties) of the risk scores, per event."""
+    return cox_negative_log_likelihood(
+        outputs[:, 0].astype(jnp.float32), targets["time"], targets["event"], mask
+    )
+
+
+LOSSES = {"classification": classification_loss, "survival": survival_loss}
+
+
+# ------------------------------------------------------------------------------------ modules
+class EncoderWithHead(nnx.Module):
+    """The encoder's mean embedding of one layer, then the head."""
+
+    def __init__(self, encoder, head, embedding_layer: int):
+        self.encoder = encoder
+        self.head = head
+        self.embedding_layer = embedding_layer
+
+    def __call__(self, tokens):
+        return self.head(self.encoder.mean_embedding(tokens, layer=self.embedding_layer))
+
+
+#: Compiled functions, keyed by what determines the computation (a GraphDef holding the
+#: head's settings dict is not hashable, so jax.jit cannot key on it).
+_COMPILED: dict = {}
+_MAX_COMPILED = 16
+
+
+def compiled(key, build):
+    """``build()`` once per ``key`` (a few recent ones are kept)."""
+    function = _COMPILED.get(key)
+    if function is None:
+        if len(_COMPILED) >= _MAX_COMPILED:
+            _COMPILED.pop(next(iter(_COMPILED)))
+        function = _COMPILED[key] = build()
+    return function
+
+
+def structure_key(encoder) -> tuple:
+    """What, besides the weights' values, determines an encoder's computation."""
+    return (encoder.config, encoder.has_ia3, encoder.mask_embedding is not None)
+
+
+def embed_tokens(encoder, batches, *, embedding_layer: int, batch_size: int, progress: bool):
+    """Mean embeddings of every ``(start, stop, tokens)`` batch, as float32 (n_obs, embed_dim).
+
+    Batches are padded to ``batch_size`` so that one compiled function serves them all.
+    """
+    # TODO: use bulkrnabert_sv._core.inference.embed_tokens once the embed branch is merged.
+    from tqdm.auto import tqdm
+
+    graphdef, state = nnx.split(encoder)
+
+    def build():
+        def mean_embedding(state, tokens):
+            return nnx.merge(graphdef, state).mean_embedding(tokens, layer=embedding_layer)
+
+        return jax.jit(mean_embedding)
+
+    mean_embedding = compiled(("embed", *structure_key(encoder), embedding_layer), build)
+    out = np.zeros((batches.n_obs, encoder.config.embed_dim), dtype=np.float32)
+    for start, stop, tokens in tqdm(batches, desc="embedding", unit="batch", disable=not progress):
+        n = stop - start
+        if n < batch_size:
+            tokens = np.concatenate([tokens, np.repeat(tokens[:1], batch_size - n, axis=0)])
+        out[start:stop] = np.asarray(mean_embedding(state, jnp.asarray(tokens)))[:n]
+    return out
+
+
+def head_key(head) -> str:
+    return json.dumps(head.settings, sort_keys=True)
+
+
+def head_outputs(head, embeddings: np.ndarray) -> np.ndarray:
+    """The head's raw outputs for mean embeddings (n, embed_dim), as a numpy array."""
+    graphdef, state = nnx.split(head)
+
+    def build():
+        return jax.jit(lambda state, x: nnx.merge(graphdef, state)(x))
+
+    apply = compiled(("head", head_key(head)), build)
+    return np.asarray(apply(state, jnp.asarray(embeddings, dtype=jnp.float32)))
+
+
+def stored_embeddings(
+    adata, encoder, embedding_layer: int, layer: str | None, gene_key: str | None = None
+) -> np.ndarray | None:
+    """``obsm["X_bulkrnabert"]`` when ``tl.embed`` computed it with this model and layer.
+
+    The check reads ``uns["bulkrnabert"]["params"]``: same ``model`` source and ``revision``,
+    same ``embedding_layer`` and, when recorded, the same expression ``layer`` and
+    ``gene_key``. Anything else (or a model of unknown origin) returns None: the embeddings
+    are then recomputed.
+    """
+    stored = adata.obsm[EMBEDDING_KEY] if EMBEDDING_KEY in adata.obsm else None
+    info = adata.uns.get(EMBEDDING_UNS_KEY, {})
+    params = info.get("params") if isinstance(info, Mapping) else None
+    if stored is None or not isinstance(params, Mapping) or encoder.source is None:
+        return None
+    if str(params.get("model")) != str(encoder.source):
+        return None
+    if (params.get("revision") or None) != (encoder.revision or None):
+        return None
+    try:
+        same_layer = encoder._resolve_layer(int(params.get("embedding_layer", -1))) == (
+            encoder._resolve_layer(embedding_layer)
+        )
+    except (TypeError, ValueError):
+        return None
+    if not same_layer:
+        return None
+    # tl.embed records the defaults as "X" and "var_names".
+    if "layer" in params and _default(params["layer"], "X") != layer:
+        return None
+    if "gene_key" in params and _default(params["gene_key"], "var_names") != gene_key:
+        return None
+    stored = np.asarray(stored, dtype=np.float32)
+    if stored.shape != (adata.n_obs, encoder.config.embed_dim) or not np.isfinite(stored).all():
+        return None
+    return stored
+
+
+def _default(value, default_name: str):
+    return None if value in (None, "", default_name) else value
+
+
+# ------------------------------------------------------------------------------------ the model
+class FinetunedModel:
+    """A BulkRNABert encoder and a trained MLP head, for classification or Cox survival.
+
+    Made by :func:`bulkrnabert_sv.tl.finetune`, restored by :func:`bulkrnabert_sv.load_finetuned`.
+
+    Attributes
+    ----------
+    encoder
+        The :class:`~bulkrnabert_sv.model.BulkRNABert` encoder (with IA3 vectors for
+        ``method="ia3"``, all weights fine-tuned for ``"full"``, unchanged for ``"probe"``).
+    head
+        The :class:`~bulkrnabert_sv.model.MLPHead` on the mean embedding.
+    task
+        ``"classification"`` or ``"survival"``.
+    method
+        ``"probe"``, ``"ia3"`` or ``"full"``.
+    classes
+        Class names in output order (classification), else None.
+    obs_key, event_key
+        The ``obs`` columns trained on.
+    embedding_layer
+        The encoder block (1-indexed) whose mean embedding feeds the head.
+    params, metrics, history
+        Training parameters, final train/validation metrics and per-epoch history.
+    """
+
+    def __init__(
+        self,
+        encoder,
+        head,
+        *,
+        task: str,
+        method: str,
+        classes: list | None,
+        obs_key: str,
+        event_key: str | None,
+        embedding_layer: int,
+        params: dict | None = None,
+        metrics: dict | None = None,
+        history: dict | None = None,
+    ):
+        self.encoder = encoder
+        self.head = head
+        self.task = task
+        self.method = method
+        self.classes = None if classes is None else list(classes)
+        self.obs_key = obs_key
+        self.event_key = event_key
+        self.embedding_layer = int(embedding_layer)
+        self.params = dict(params or {})
+        self.metrics = dict(metrics or {})
+        self.history = dict(history or {})
+
+    def __repr__(self) -> str:
+        what = f"{len(self.classes)} classes" if self.classes is not None else "Cox risk"
+        return (
+            f"FinetunedModel(task={self.task!r}, method={self.method!r}, {what}, "
+            f"obs_key={self.obs_key!r}, embedding_layer={self.embedding_layer}, "
+            f"encoder={self.encoder.config.num_layers} layers × {self.encoder.config.embed_dim})"
+        )
+
+    @property
+    def genes(self) -> tuple[str, ...] | None:
+        """The encoder's vocabulary (model order)."""
+        return self.encoder.genes
+
+    # -------------------------------------------------------------------------------- inference
+    def embed(
+        self,
+        data,
+        *,
+        layer: str | None = None,
+        gene_key: str | None = None,
+        mod: str = "rna",
+        batch_size: int = 8,
+        progress: bool = False,
+    ) -> np.ndarray:
+        """Mean embeddings (n_obs, embed_dim) of ``data`` by the (fine-tuned) encoder."""
+        from .tokens import token_batches
+
+        batches = token_batches(
+            data, self.encoder, layer=layer, gene_key=gene_key, mod=mod, batch_size=batch_size
+        )
+        return embed_tokens(
+            self.encoder,
+            batches,
+            embedding_layer=self.embedding_layer,
+            batch_size=batch_size,
+            progress=progress,
+        )
+
+    def outputs(self, embeddings: np.ndarray) -> np.ndarray:
+        """The head's raw outputs (logits, or the risk score in column 0) for mean embeddings."""
+        return head_outputs(self.head, embeddings)
+
+    def frame(self, outputs: np.ndarray, index) -> pd.DataFrame:
+        """Predictions from raw outputs: class probabilities, or a ``risk`` column."""
+        if self.task == "classification":
+            proba = np.asarray(jax.nn.softmax(jnp.asarray(outputs, jnp.float32), axis=-1))
+            return pd.DataFrame(proba, index=index, columns=pd.Index(self.classes))
+        return pd.DataFrame({RISK_COLUMN: np.asarray(outputs[:, 0], dtype=np.float32)}, index=index)
+
+    def predict(
+        self,
+        data,
+        *,
+        layer: str | None = None,
+        gene_key: str | None = None,
+        mod: str = "rna",
+        batch_size: int = 8,
+        progress: bool = False,
+    ) -> pd.DataFrame:
+        """Predict for every sample of ``data`` (nothing is written into it).
+
+        Parameters
+        ----------
+        data
+            AnnData or MuData with TPM (``layer`` picks a layer, ``gene_key`` a ``var`` column of
+            gene ids, ``mod`` the MuData modality).
+        batch_size
+            Samples per forward pass.
+
+        Returns
+        -------
+        A DataFrame indexed by ``obs_names``: one column of probabilities per class
+        (classification), or the column ``risk`` (Cox log relative hazard; higher = shorter
+        survival).
+        """
+        from .data import get_modality
+
+        adata = get_modality(data, mod)
+        embeddings = self.embed(
+            data, layer=layer, gene_key=gene_key, mod=mod, batch_size=batch_size, progress=progress
+        )
+        return self.frame(self.outputs(embeddings), adata.obs_names.copy())
+
+    # -------------------------------------------------------------------------------- files
+    def save(self, path) -> Path:
+        """Write the fine-tuned model to a folder; :func:`load_finetuned` restores it exactly.
+
+        ``backbone/`` (the encoder with its IA3 vectors, safetensors), ``head.safetensors`` and
+        ``finetuned.json`` (task, method, classes, head settings, keys, training parameters,
+        metrics, history, package version). An existing folder's files are overwritten.
+        """
+        from safetensors.numpy import save_file
+
+        from .._version import __version__
+        from ..model.checkpoints import flat_state
+
+        folder = Path(path)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.encoder.save(folder / BACKBONE_DIR)
+        tensors = {
+            name: np.asarray(jax.device_get(v[...]))
+            for name, v in flat_state(self.head, nnx.Param).items()
+        }
+        save_file(tensors, str(folder / HEAD_FILE), metadata={"format": FORMAT_NAME})
+        meta = {
+            "format": FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
+            "package_version": __version__,
+            "task": self.task,
+            "method": self.method,
+            "classes": self.classes,
+            "obs_key": self.obs_key,
+            "event_key": self.event_key,
+            "embedding_layer": self.embedding_layer,
+            "head": self.head.settings,
+            "source": self.encoder.source,
+            "revision": self.encoder.revision,
+            "params": _jsonable(self.params),
+            "metrics": _jsonable(self.metrics),
+            "history": _jsonable(self.history),
+        }
+        (folder / META_FILE).write_text(json.dumps(meta, indent=1, sort_keys=True))
+        return folder
+
+
+def load_finetuned(path) -> FinetunedModel:
+    """Load a model written by :meth:`FinetunedModel.save`: backbone, IA3, head, classes, config.
+
+    Parameters
+    ----------
+    path
+        The folder given to ``save``.
+
+    Returns
+    -------
+    The :class:`FinetunedModel`; its predictions equal the saved model's bit for bit.
+
+    Raises
+    ------
+    CheckpointError
+        A missing, corrupt or newer-format folder; the message says which file and what to do.
+    """
+    from ..model import MLPHead, load_model
+    from ..model.checkpoints import (
+        OWN_RULES,
+        CheckpointError,
+        assign,
+        flat_state,
+        map_tensors,
+        read_json,
+        read_safetensors,
+    )
+
+    folder = Path(path)
+    if not folder.is_dir():
+        raise CheckpointError(
+            f"{folder} is not a folder: pass the folder written by FinetunedModel.save."
+        )
+    meta = read_json(folder / META_FILE)
+    if meta.get("format") != FORMAT_NAME:
+        raise CheckpointError(
+            f"{folder / META_FILE} is not a fine-tuned bulkrnabert-sv model (format "
+            f"{meta.get('format')!r}); for an encoder alone use bulkrnabert_sv.load_model."
+        )
+    if meta.get("format_version", 0) > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{folder} was written by a newer bulkrnabert-sv (format {meta['format_version']}); "
+            "upgrade the package to read it."
+        )
+    encoder = load_model(folder / BACKBONE_DIR)
+    encoder.source = meta.get("source")
+    encoder.revision = meta.get("revision")
+    settings = dict(meta["head"])
+    shape = (settings.pop("in_features"), settings.pop("hidden_sizes"), settings.pop("n_outputs"))
+    head = nnx.eval_shape(lambda: MLPHead(*shape, **settings, rngs=nnx.Rngs(0)))
+    targets = flat_state(head, nnx.Param)
+    tensors = read_safetensors(folder / HEAD_FILE)
+    assign(head, map_tensors(tensors, OWN_RULES, targets, source=str(folder / HEAD_FILE)))
+    return FinetunedModel(
+        encoder,
+        head,
+        task=meta["task"],
+        method=meta["method"],
+        classes=meta.get("classes"),
+        obs_key=meta["obs_key"],
+        event_key=meta.get("event_key"),
+        embedding_layer=meta["embedding_layer"],
+        params=meta.get("params"),
+        metrics=meta.get("metrics"),
+        history=meta.get("history"),
+    )
+
+
+def _jsonable(value):
+    """Nested dicts/lists of numpy values → plain JSON types."""
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [_jsonable(v) for v in (value.tolist() if isinstance(value, np.ndarray) else value)]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
