@@ -90,27 +90,13 @@ def structure_key(encoder) -> tuple:
 def embed_tokens(encoder, batches, *, embedding_layer: int, batch_size: int, progress: bool):
     """Mean embeddings of every ``(start, stop, tokens)`` batch, as float32 (n_obs, embed_dim).
 
-    Batches are padded to ``batch_size`` so that one compiled function serves them all.
+    The shared inference routine (one compiled function, padded batches, data parallel).
     """
-    # TODO: use bulkrnabert_sv._core.inference.embed_tokens once the embed branch is merged.
-    from tqdm.auto import tqdm
+    from .inference import embed_tokens as _embed_tokens
 
-    graphdef, state = nnx.split(encoder)
-
-    def build():
-        def mean_embedding(state, tokens):
-            return nnx.merge(graphdef, state).mean_embedding(tokens, layer=embedding_layer)
-
-        return jax.jit(mean_embedding)
-
-    mean_embedding = compiled(("embed", *structure_key(encoder), embedding_layer), build)
-    out = np.zeros((batches.n_obs, encoder.config.embed_dim), dtype=np.float32)
-    for start, stop, tokens in tqdm(batches, desc="embedding", unit="batch", disable=not progress):
-        n = stop - start
-        if n < batch_size:
-            tokens = np.concatenate([tokens, np.repeat(tokens[:1], batch_size - n, axis=0)])
-        out[start:stop] = np.asarray(mean_embedding(state, jnp.asarray(tokens)))[:n]
-    return out
+    return _embed_tokens(
+        encoder, batches, layer=embedding_layer, batch_size=batch_size, progress=progress
+    )
 
 
 def head_key(head) -> str:
