@@ -9,7 +9,6 @@ real shared TCGA samples (19 tumours: 4 GBM, 15 BRCA; synthetic clinical table).
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import json
 import os
 from pathlib import Path
@@ -33,13 +32,13 @@ from gdc_layout import (
 
 TUTORIALS = Path(__file__).resolve().parents[1] / "tutorials"
 NOTEBOOKS = sorted(p.name for p in TUTORIALS.glob("*.ipynb"))
-#: Modules each notebook needs beyond this branch (guard until tl.embed/finetune are merged).
-NEEDS = {
-    "01_embed_umap.ipynb": ["bulkrnabert_sv.tl._embed"],
-    "02_classification.ipynb": ["bulkrnabert_sv.tl._embed", "bulkrnabert_sv.tl._finetune"],
-    "03_survival.ipynb": ["bulkrnabert_sv.tl._embed", "bulkrnabert_sv.tl._finetune"],
-    "04_your_own_data.ipynb": ["bulkrnabert_sv.tl._embed", "bulkrnabert_sv.pp._tpm"],
-}
+#: The notebooks this file executes (one test each, below).
+TESTED = (
+    "01_embed_umap.ipynb",
+    "02_classification.ipynb",
+    "03_survival.ipynb",
+    "04_your_own_data.ipynb",
+)
 N_MODEL_GENES = 256
 N_CHR21_GENES = 32
 GTEX_COUNTS = "data/gtex_lung_chr21/gtex_lung.first30.chr21.csv.gz"
@@ -79,12 +78,6 @@ def _inject(notebook, parameters: dict) -> None:
     notebook.cells.insert(index + 1, cell)
 
 
-def _needs(name: str):
-    """Skip a notebook whose tools are not merged yet (remove once they all are)."""
-    missing = [m for m in NEEDS[name] if importlib.util.find_spec(m) is None]
-    return pytest.mark.skipif(bool(missing), reason=f"{name} needs {missing}, not merged yet")
-
-
 def _run(name: str, parameters: dict, cwd: Path, monkeypatch):
     notebook = nbformat.read(TUTORIALS / name, as_version=4)
     _inject(notebook, parameters)
@@ -111,7 +104,7 @@ def _outputs(notebook, kind: str) -> list:
 
 
 def test_every_tutorial_is_tested_and_has_parameters():
-    assert NOTEBOOKS == sorted(NEEDS)
+    assert NOTEBOOKS == sorted(TESTED)
     for name in NOTEBOOKS:
         notebook = nbformat.read(TUTORIALS / name, as_version=4)
         nbformat.validate(notebook)
@@ -122,7 +115,6 @@ def test_every_tutorial_is_tested_and_has_parameters():
 
 
 @pytest.mark.slow  # a Jupyter kernel per notebook: 15-45 s each on 2 cores
-@_needs("01_embed_umap.ipynb")
 def test_01_embed_umap(tutorial_inputs, tmp_path, monkeypatch):
     params = {k: tutorial_inputs[k] for k in ("MODEL", "DATA")} | {
         "BATCH_SIZE": 8,
@@ -138,7 +130,6 @@ def test_01_embed_umap(tutorial_inputs, tmp_path, monkeypatch):
 
 
 @pytest.mark.slow  # a Jupyter kernel per notebook: 15-45 s each on 2 cores
-@_needs("02_classification.ipynb")
 def test_02_classification(tutorial_inputs, tmp_path, monkeypatch):
     params = {k: tutorial_inputs[k] for k in ("MODEL", "DATA")} | {
         "EPOCHS": 5,
@@ -152,7 +143,6 @@ def test_02_classification(tutorial_inputs, tmp_path, monkeypatch):
 
 
 @pytest.mark.slow  # a Jupyter kernel per notebook: 15-45 s each on 2 cores
-@_needs("03_survival.ipynb")
 def test_03_survival(tutorial_inputs, tmp_path, monkeypatch):
     params = {k: tutorial_inputs[k] for k in ("MODEL", "DATA")} | {
         "EPOCHS": 5,
@@ -165,7 +155,6 @@ def test_03_survival(tutorial_inputs, tmp_path, monkeypatch):
 
 
 @pytest.mark.slow  # a Jupyter kernel per notebook: 15-45 s each on 2 cores
-@_needs("04_your_own_data.ipynb")
 def test_04_your_own_data(tutorial_inputs, tmp_path, monkeypatch):
     params = {
         "MODEL": tutorial_inputs["MODEL"],
