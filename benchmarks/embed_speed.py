@@ -10,7 +10,12 @@ then ``--repeats`` times, and reports:
 * ``GEMM GFLOP/s``: the best float32 4096x4096 matrix product rate of numpy and of jax, measured
   in the same run (before and after the model runs, the best kept);
 * ``ratio``: model rate / GEMM rate;
-* ``peak RSS``: the subprocess's peak resident memory (``VmHWM``), i.e. per batch size.
+* ``peak RSS``: the subprocess's peak resident memory (``VmHWM``), i.e. per batch size;
+* ``1st call s``: compilation plus the first run;
+* ``CPU s/sample``: process CPU time (all threads) of the fastest repeat, per sample; on an idle
+  machine about ``cores x s/sample``, and a check on timings taken while other work shares the
+  CPUs;
+* ``load``: the 1-minute load average before/after the timed runs (other work on the machine).
 
 On a GPU (if jax sees one) it also runs the model in bfloat16 (cuDNN attention) and float32, with a
 bfloat16 GEMM reference and the relative error of the bf16 embeddings against the fp32 ones.
@@ -62,12 +67,18 @@ def peak_rss_mib() -> float:
 
 
 def _best_time(fn, repeats: int) -> float:
-    best = float("inf")
+    return _best_times(fn, repeats)[0]
+
+
+def _best_times(fn, repeats: int) -> tuple[float, float]:
+    """Fastest wall-clock time and fastest process CPU time (all threads) over ``repeats`` runs."""
+    best, best_cpu = float("inf"), float("inf")
     for _ in range(repeats):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         fn()
         best = min(best, time.perf_counter() - start)
-    return best
+        best_cpu = min(best_cpu, time.process_time() - start_cpu)
+    return best, best_cpu
 
 
 def gemm_rates(n: int = 4096, repeats: int = 3, dtypes=("float32",)) -> dict[str, float]:
@@ -146,9 +157,13 @@ def run_child(args) -> dict:
     start = time.perf_counter()
     first = embed(state, tokens).block_until_ready()
     results["first_call_s"] = time.perf_counter() - start
-    best = _best_time(lambda: embed(state, tokens).block_until_ready(), args.repeats)
+    load_before = os.getloadavg()[0]
+    best, best_cpu = _best_times(lambda: embed(state, tokens).block_until_ready(), args.repeats)
     flops = model_flops(cfg, batch)
     results.update(
+        load_before=load_before,
+        load_after=os.getloadavg()[0],
+        cpu_seconds_per_sample=best_cpu / batch,
         seconds=best,
         seconds_per_sample=best / batch,
         gflop=flops / 1e9,
@@ -233,7 +248,8 @@ def main(argv=None) -> None:
     )
     header = (
         f"{'batch':>5} {'dtype':>8} {'attention':>15} {'s/sample':>9} {'model GF/s':>10} "
-        f"{'GEMM GF/s':>9} {'ratio':>6} {'peak RSS MiB':>12} {'1st call s':>10}"
+        f"{'GEMM GF/s':>9} {'ratio':>6} {'peak RSS MiB':>12} {'1st call s':>10} "
+        f"{'CPU s/sample':>12} {'load':>9}"
     )
     print(header)
     print("-" * len(header))
@@ -244,7 +260,9 @@ def main(argv=None) -> None:
         print(
             f"{row['batch']:>5} {row['dtype']:>8} {row['implementation']:>15} "
             f"{row['seconds_per_sample']:>9.2f} {row['model_gflops']:>10.1f} {ref:>9.1f} "
-            f"{row['ratio']:>6.2f} {row['peak_rss_mib']:>12.0f} {row['first_call_s']:>10.1f}"
+            f"{row['ratio']:>6.2f} {row['peak_rss_mib']:>12.0f} {row['first_call_s']:>10.1f} "
+            f"{row['cpu_seconds_per_sample']:>12.2f} "
+            f"{row['load_before']:>4.1f}/{row['load_after']:<4.1f}"
         )
     if on_gpu:
         for batch in args.batch_sizes:
