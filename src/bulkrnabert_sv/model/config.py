@@ -7,7 +7,17 @@ import json
 from collections.abc import Mapping
 from typing import Any, Literal
 
-AttentionImplementation = Literal["auto", "xla", "blockwise", "cudnn"]
+AttentionImplementation = Literal[
+    "auto", "xla", "blockwise", "blockwise_host", "blockwise_jax", "cudnn"
+]
+ATTENTION_IMPLEMENTATIONS = (
+    "auto",
+    "xla",
+    "blockwise",
+    "blockwise_host",
+    "blockwise_jax",
+    "cudnn",
+)
 
 #: Fields of the Hugging Face / Haiku configs that describe the architecture.
 ARCHITECTURE_FIELDS = (
@@ -58,7 +68,9 @@ class BulkRNABertConfig:
         LayerNorm epsilon (1e-5 upstream).
     attention_implementation
         ``"auto"``, ``"xla"`` (materialised, the reference), ``"blockwise"`` (online softmax,
-        memory linear in sequence length) or ``"cudnn"`` (fused GPU kernel, bf16/fp16).
+        memory linear in sequence length: the numba host kernel on CPU, else JAX loops; force one
+        with ``"blockwise_host"``/``"blockwise_jax"``) or ``"cudnn"`` (fused GPU kernel,
+        bf16/fp16).
     attention_block_q, attention_block_k
         Query and key block sizes of the blockwise implementation (``None``: its defaults).
     compute_dtype
@@ -108,9 +120,9 @@ class BulkRNABertConfig:
                 )
         if not self.normalization_factor > 0:
             problems.append(f"normalization_factor must be > 0, got {self.normalization_factor!r}")
-        if self.attention_implementation not in ("auto", "xla", "blockwise", "cudnn"):
+        if self.attention_implementation not in ATTENTION_IMPLEMENTATIONS:
             problems.append(
-                "attention_implementation must be one of 'auto', 'xla', 'blockwise', 'cudnn', "
+                f"attention_implementation must be one of {ATTENTION_IMPLEMENTATIONS}, "
                 f"got {self.attention_implementation!r}"
             )
         if self.compute_dtype not in ("float32", "bfloat16", "float16"):

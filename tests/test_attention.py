@@ -1,0 +1,216 @@
+"""Blockwise attention (host kernel and JAX loops) against the materialised reference."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from bulkrnabert_sv.model import attention as attn
+from bulkrnabert_sv.model import random_model
+from bulkrnabert_sv.model._host_attention import attention_forward, available
+
+BLOCKWISE = ["blockwise_jax", "blockwise_host"]
+needs_host = pytest.mark.skipif(not available(), reason="numba is not installed")
+
+
+def _inputs(shape, seed=0, scale=1.0):
+    rng = np.random.default_rng(seed)
+    return tuple(
+        jnp.asarray(rng.standard_normal(shape, dtype=np.float32) * s) for s in (scale, 1.0, 1.0)
+    )
+
+
+def _value_and_grads(implementation, q, k, v, block_q=None, block_k=None):
+    weights = jnp.cos(jnp.arange(q.shape[-1], dtype=jnp.float32))
+
+    def loss(q, k, v):
+        out = attn.dot_product_attention(
+            q, k, v, implementation=implementation, block_q=block_q, block_k=block_k
+        )
+        return jnp.sum(out * weights), out
+
+    (_, out), grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True))(q, k, v)
+    return out, grads
+
+
+_REFERENCE: dict = {}
+
+
+@pytest.mark.parametrize(
+    ("implementation", "shape", "blocks"),
+    [
+        # lengths that are not block multiples; 1, 4 and 8 heads; batch 1 and 3
+        ("blockwise_host", (1, 37, 1, 8), (16, 8)),
+        ("blockwise_host", (3, 517, 4, 16), (64, 96)),
+        ("blockwise_host", (1, 2049, 8, 32), (256, 512)),
+        ("blockwise_jax", (1, 37, 1, 8), (16, 8)),
+        ("blockwise_jax", (3, 517, 4, 16), (64, 96)),
+    ],
+)
+def test_blockwise_matches_xla_forward_and_grads(implementation, shape, blocks):
+    if implementation == "blockwise_host" and not available():
+        pytest.skip("numba is not installed")
+    q, k, v = _inputs(shape, seed=shape[1])
+    if shape not in _REFERENCE:
+        _REFERENCE[shape] = _value_and_grads("xla", q, k, v)
+    ref_out, ref_grads = _REFERENCE[shape]
+    out, grads = _value_and_grads(implementation, q, k, v, *blocks)
+    np.testing.assert_allclose(np.asarray(out), np.asarray(ref_out), rtol=0, atol=1e-5)
+    for name, got, want in zip("qkv", grads, ref_grads):
+        np.testing.assert_allclose(
+            np.asarray(got), np.asarray(want), rtol=0, atol=1e-5, err_msg=f"d{name}"
+        )
+
+
+@needs_host
+def test_host_kernel_rescales_rows_with_late_large_logits():
+    """Rows whose maximum arrives after the first key block (by far) take the rescale path."""
+    rng = np.random.default_rng(1)
+    q = rng.standard_normal((2, 50, 32), dtype=np.float32)
+    k = rng.standard_normal((2, 3000, 32), dtype=np.float32)
+    v = rng.standard_normal((2, 3000, 32), dtype=np.float32)
+    k[:, 2500] *= 40.0  # logits of hundreds (base 2), far above the first block's maximum
+    k[:, 1200] *= 8.0
+    out, lse = attention_forward(q, k, v, block_q=16, block_k=256)
+    logits = np.einsum("gqd,gkd->gqk", q.astype(np.float64), k)
+    top = logits.max(-1, keepdims=True)
+    p = np.exp2(logits - top)
+    total = p.sum(-1, keepdims=True)
+    np.testing.assert_allclose(out, np.einsum("gqk,gkd->gqd", p / total, v), rtol=0, atol=2e-5)
+    np.testing.assert_allclose(lse, (top + np.log2(total))[..., 0], rtol=2e-6, atol=1e-5)
+    assert np.isfinite(out).all()
+
+
+@needs_host
+def test_host_kernel_single_thread_equals_threaded():
+    q, k, v = (np.asarray(a)[0].transpose(1, 0, 2) for a in _inputs((1, 300, 4, 16), seed=3))
+    one = attention_forward(q, k, v, block_q=32, block_k=64, threads=1)
+    many = attention_forward(q, k, v, block_q=32, block_k=64, threads=3)
+    np.testing.assert_array_equal(one[0], many[0])
+    np.testing.assert_array_equal(one[1], many[1])
+
+
+@needs_host
+def test_host_path_under_vmap():
+    q, k, v = _inputs((2, 3, 70, 2, 8), seed=4)
+    fn = jax.vmap(
+        lambda q, k, v: attn.dot_product_attention(
+            q, k, v, implementation="blockwise_host", block_q=16, block_k=32
+        )
+    )
+    got = jax.jit(fn)(q, k, v)
+    want = jax.vmap(lambda q, k, v: attn.dot_product_attention(q, k, v, implementation="xla"))(
+        q, k, v
+    )
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=0, atol=1e-5)
+
+
+def _model_grads(implementation, remat):
+    model = random_model(
+        "small",
+        attention_implementation=implementation,
+        attention_block_q=24,
+        attention_block_k=20,
+        remat=remat,
+        seed=3,
+    )
+    tokens = jnp.asarray(np.random.default_rng(0).integers(0, 8, (2, 64)), jnp.int32)
+
+    def loss(model):
+        out = model(tokens, embedding_layers=(1,))
+        return jnp.mean(out["logits"] ** 2) + jnp.mean(out["embeddings_1"] ** 2)
+
+    value, grads = nnx.jit(nnx.value_and_grad(loss))(model)
+    return value, jax.tree_util.tree_leaves(nnx.state(grads, nnx.Param))
+
+
+@pytest.mark.parametrize(
+    ("implementation", "remat"),
+    [("blockwise_jax", False), ("blockwise_host", False), ("blockwise_host", True)],
+)
+def test_small_model_gradients_match_between_implementations(implementation, remat):
+    if implementation == "blockwise_host" and not available():
+        pytest.skip("numba is not installed")
+    if "model" not in _REFERENCE:
+        _REFERENCE["model"] = _model_grads("xla", remat=False)
+    ref_value, ref_grads = _REFERENCE["model"]
+    value, grads = _model_grads(implementation, remat=remat)
+    np.testing.assert_allclose(float(value), float(ref_value), rtol=1e-6)
+    assert len(grads) == len(ref_grads)
+    # Relative to the largest gradient: some are exactly zero in theory (the key bias).
+    scale = max(float(jnp.max(jnp.abs(g))) for g in ref_grads)
+    for got, want in zip(grads, ref_grads):
+        np.testing.assert_allclose(
+            np.asarray(got) / scale, np.asarray(want) / scale, rtol=0, atol=1e-5
+        )
+
+
+def test_bfloat16_small_model_close_to_float32():
+    tokens = np.random.default_rng(1).integers(0, 8, (2, 64))
+    emb = {}
+    for dtype in ("float32", "bfloat16"):
+        model = random_model("small", compute_dtype=dtype, attention_implementation="auto", seed=1)
+        emb[dtype] = np.asarray(model.mean_embedding(tokens))
+        assert emb[dtype].dtype == np.float32
+        out = model(tokens)
+        assert out["logits"].shape == (2, 64, 8)
+        assert np.isfinite(np.asarray(out["logits"], np.float32)).all()
+    rel = np.linalg.norm(emb["bfloat16"] - emb["float32"]) / np.linalg.norm(emb["float32"])
+    assert rel < 1e-2
+
+
+def test_bfloat16_blockwise_runs_and_returns_input_dtype():
+    q, k, v = (a.astype(jnp.bfloat16) for a in _inputs((1, 1100, 2, 8), seed=5))
+    out = attn.dot_product_attention(q, k, v, implementation="blockwise")
+    assert out.dtype == jnp.bfloat16
+    ref = attn.dot_product_attention(q, k, v, implementation="xla")
+    np.testing.assert_allclose(
+        np.asarray(out, np.float32), np.asarray(ref, np.float32), rtol=0, atol=2e-2
+    )
+
+
+def test_auto_resolution(monkeypatch):
+    resolve = attn.resolve_implementation
+    host = "blockwise_host" if available() else "blockwise_jax"
+    monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
+    assert resolve("auto", length=64, dtype=jnp.float32) == "xla"
+    assert resolve("auto", length=attn.AUTO_MATERIALIZE_MAX_LENGTH, dtype=jnp.float32) == "xla"
+    assert resolve("auto", length=19_062, dtype=jnp.float32) == host
+    assert resolve("auto", length=19_062, dtype=jnp.bfloat16) == host
+    assert resolve("blockwise", length=64, dtype=jnp.float32) == host
+    assert resolve("blockwise_jax", length=19_062, dtype=jnp.float32) == "blockwise_jax"
+    assert resolve("cudnn", length=19_062, dtype=jnp.bfloat16) == host  # no GPU: auto
+    assert resolve("cudnn", length=64, dtype=jnp.float32) == "xla"
+    assert resolve("xla", length=19_062, dtype=jnp.float32) == "xla"
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert resolve("auto", length=19_062, dtype=jnp.bfloat16) == "cudnn"
+    assert resolve("auto", length=19_062, dtype=jnp.float16) == "cudnn"
+    assert resolve("auto", length=64, dtype=jnp.bfloat16) == "cudnn"
+    assert resolve("auto", length=19_062, dtype=jnp.float32) == "blockwise_jax"
+    assert resolve("auto", length=64, dtype=jnp.float32) == "xla"
+    assert resolve("blockwise_host", length=19_062, dtype=jnp.float32) == "blockwise_jax"
+    assert resolve("cudnn", length=19_062, dtype=jnp.float32) == "blockwise_jax"
+    with pytest.raises(ValueError, match="Unknown attention implementation"):
+        resolve("flash", length=64, dtype=jnp.float32)
+
+
+def test_cudnn_refusal_falls_back(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise RuntimeError("cuDNN is not available")
+
+    monkeypatch.setattr(jax.nn, "dot_product_attention", refuse)
+    monkeypatch.setattr(attn, "resolve_implementation", lambda *a, **k: "cudnn")
+    q, k, v = _inputs((1, 40, 2, 8), seed=6)
+    with pytest.warns(RuntimeWarning, match="cuDNN attention is unavailable"):
+        out = attn.dot_product_attention(q, k, v, implementation="cudnn")
+    ref = attn._xla_attention(q, k, v, 8**-0.5)
+    np.testing.assert_allclose(np.asarray(out), np.asarray(ref), rtol=0, atol=1e-6)
+
+
+def test_flops_per_layer_full_config():
+    # 4 layers of attention over 19,062 genes: about 1.49 TFLOP per sample.
+    total = 4 * attn.flops_per_layer(19_062, 8, 32)
+    assert 1.48e12 < total < 1.50e12
