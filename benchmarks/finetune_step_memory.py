@@ -5,11 +5,9 @@ kills it if it goes over ``--limit-gb``. Prints seconds (model build, first step
 compilation) and peak RSS per method.
 
     PYTHONPATH=src python benchmarks/finetune_step_memory.py [--methods ia3 full] [--limit-gb 24]
-        [--checkpoint-query-blocks]
 
-``--checkpoint-query-blocks`` wraps each query block of the blockwise attention in
-``jax.checkpoint`` (a stand-in for a memory-linear attention gradient): without it, autodiff
-through the attention's loops keeps every block's softmax residuals of a layer at once.
+The blockwise attention's custom gradient keeps memory linear in the number of genes, and each
+transformer block is rematerialised (``remat=True``) unless ``--no-remat`` is given.
 
 The gene list is read from ``../shared/data/bulkrnabert_gene_ids.txt`` (random weights: only
 the shapes matter here).
@@ -31,36 +29,10 @@ GENES = Path(os.environ.get("BULKRNABERT_SHARED", ROOT.parent / "shared")) / (
 )
 
 
-def checkpoint_query_blocks() -> None:
-    """Make the blockwise attention rematerialise each query block in the backward pass."""
-    import jax
-
-    from bulkrnabert_sv.model import attention
-
-    class Lax:
-        def __getattr__(self, name):
-            return getattr(jax.lax, name)
-
-        @staticmethod
-        def map(f, xs, **kwargs):
-            return jax.lax.map(jax.checkpoint(f), xs, **kwargs)
-
-    class Jax:
-        lax = Lax()
-
-        def __getattr__(self, name):
-            return getattr(jax, name)
-
-    attention.jax = Jax()
-
-
-def child(method: str, remat: bool, checkpoint_blocks: bool) -> None:
+def child(method: str, remat: bool) -> None:
     """Run one training step and print a JSON line with timings."""
     t0 = time.perf_counter()
     import numpy as np
-
-    if checkpoint_blocks:
-        checkpoint_query_blocks()
     from flax import nnx
 
     from bulkrnabert_sv._core.finetuned import EncoderWithHead, structure_key
@@ -91,7 +63,6 @@ def child(method: str, remat: bool, checkpoint_blocks: bool) -> None:
             {
                 "method": method,
                 "remat": remat,
-                "checkpoint_query_blocks": checkpoint_blocks,
                 "trainable_parameters": n_trainable,
                 "build_s": round(t1 - t0, 1),
                 "first_step_s": round(t2 - t1, 1),
@@ -113,11 +84,9 @@ def peak_rss_gb(pid: int) -> tuple[float, float]:
     return values.get("VmRSS:", 0.0), values.get("VmHWM:", 0.0)
 
 
-def run(method: str, remat: bool, checkpoint_blocks: bool, limit_gb: float) -> dict:
+def run(method: str, remat: bool, limit_gb: float) -> dict:
     command = [sys.executable, __file__, "--child", method]
-    command += ([] if remat else ["--no-remat"]) + (
-        ["--checkpoint-query-blocks"] if checkpoint_blocks else []
-    )
+    command += [] if remat else ["--no-remat"]
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env)
     peak, killed = 0.0, False
@@ -147,19 +116,16 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=["ia3", "full"])
     parser.add_argument("--limit-gb", type=float, default=24.0)
     parser.add_argument("--no-remat", action="store_true")
-    parser.add_argument("--checkpoint-query-blocks", action="store_true")
     parser.add_argument("--child", default=None)
     args = parser.parse_args()
     if args.child:
-        child(args.child, not args.no_remat, args.checkpoint_query_blocks)
+        child(args.child, not args.no_remat)
         return
-    print(
-        f"{'method':>6} {'remat':>5} {'q-ckpt':>6} {'build s':>8} {'step s':>8} {'peak RSS GB':>12}"
-    )
+    print(f"{'method':>6} {'remat':>5} {'build s':>8} {'step s':>8} {'peak RSS GB':>12}")
     for method in args.methods:
-        r = run(method, not args.no_remat, args.checkpoint_query_blocks, args.limit_gb)
+        r = run(method, not args.no_remat, args.limit_gb)
         print(
-            f"{r['method']:>6} {r['remat']!s:>5} {args.checkpoint_query_blocks!s:>6} "
+            f"{r['method']:>6} {r['remat']!s:>5} "
             f"{r.get('build_s', float('nan')):>8} "
             f"{r.get('first_step_s', float('nan')):>8} {r['peak_rss_gb']:>12}  {r['status']}",
             flush=True,
