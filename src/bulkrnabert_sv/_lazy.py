@@ -15,3 +15,9 @@ def lazy_getattr(package: str, attributes: Mapping[str, str]) -> Callable[[str],
         raise AttributeError(f"module {package!r} has no attribute {name!r}")
 
     return __getattr__
+
+
+def lazy_module(package: str, attributes: Mapping[str, str]):
+    """``(__all__, __getattr__, __dir__)`` for a subpackage whose names load lazily."""
+    names = sorted(attributes)
+    return names, lazy_getattr(package, attributes), lambda: names

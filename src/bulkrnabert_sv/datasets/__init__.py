@@ -1,6 +1,6 @@
 """Data sets: GDC (TCGA) STAR-Counts reader and downloader."""
 
-from .._lazy import lazy_getattr
+from .._lazy import lazy_module
 
 _ATTRIBUTES = {
     "read_gdc": "._gdc",
@@ -8,9 +8,4 @@ _ATTRIBUTES = {
     "GDCFormatError": "._gdc",
     "GDCDownloadError": "._gdc_download",
 }
-__all__ = sorted(_ATTRIBUTES)
-__getattr__ = lazy_getattr(__name__, _ATTRIBUTES)
-
-
-def __dir__():
-    return __all__
+__all__, __getattr__, __dir__ = lazy_module(__name__, _ATTRIBUTES)

@@ -1,6 +1,6 @@
 """Plots: survival curves by predicted risk, training history, confusion matrices."""
 
-from .._lazy import lazy_getattr
+from .._lazy import lazy_module
 
 _ATTRIBUTES = {
     "kaplan_meier": "._plots",
@@ -8,9 +8,4 @@ _ATTRIBUTES = {
     "confusion_matrix": "._plots",
     "risk_groups": "._plots",
 }
-__all__ = sorted(_ATTRIBUTES)
-__getattr__ = lazy_getattr(__name__, _ATTRIBUTES)
-
-
-def __dir__():
-    return __all__
+__all__, __getattr__, __dir__ = lazy_module(__name__, _ATTRIBUTES)

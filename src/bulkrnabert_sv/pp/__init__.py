@@ -1,6 +1,6 @@
 """Preprocessing: gene alignment to the model vocabulary and input conversion."""
 
-from .._lazy import lazy_getattr
+from .._lazy import lazy_module
 
 _ATTRIBUTES = {
     "align_genes": "._align",
@@ -13,9 +13,4 @@ _ATTRIBUTES = {
     "ExpressionValueError": "._checks",
     "ExpressionValueWarning": "._checks",
 }
-__all__ = sorted(_ATTRIBUTES)
-__getattr__ = lazy_getattr(__name__, _ATTRIBUTES)
-
-
-def __dir__():
-    return __all__
+__all__, __getattr__, __dir__ = lazy_module(__name__, _ATTRIBUTES)

@@ -1,6 +1,6 @@
 """Tools: embeddings, fine-tuning and pretraining on AnnData/MuData."""
 
-from .._lazy import lazy_getattr
+from .._lazy import lazy_module
 
 _ATTRIBUTES = {
     "embed": "._embed",
@@ -11,9 +11,4 @@ _ATTRIBUTES = {
     "pretrain": "._pretrain",
     "PretrainCheckpointError": "._pretrain",
 }
-__all__ = sorted(_ATTRIBUTES)
-__getattr__ = lazy_getattr(__name__, _ATTRIBUTES)
-
-
-def __dir__():
-    return __all__
+__all__, __getattr__, __dir__ = lazy_module(__name__, _ATTRIBUTES)
