@@ -275,13 +275,15 @@ def read_genes_file(path: Path) -> list[str]:
     return [line.strip() for line in path.read_text().splitlines() if line.strip()]
 
 
-def _haiku_flat(params: Mapping) -> dict[str, np.ndarray]:
+def flatten_haiku(params: Mapping) -> dict[str, np.ndarray]:
+    """Haiku params as ``{"module/name": array}``, from nested ``{module: {name: array}}``
+    (as ``hk.data_structures`` and the released joblib files hold them) or already flat."""
     flat = {}
-    for module_path, leaves in params.items():
-        if not isinstance(leaves, Mapping):
-            raise CheckpointError(f"Haiku params entry {module_path!r} is not a dict of arrays.")
-        for name, value in leaves.items():
-            flat[f"{module_path}/{name}"] = np.asarray(value)
+    for key, value in params.items():
+        if isinstance(value, Mapping):
+            flat.update({f"{key}/{name}": np.asarray(leaf) for name, leaf in value.items()})
+        else:
+            flat[key] = np.asarray(value)
     return flat
 
 
@@ -366,7 +368,7 @@ def load_haiku_folder(
         raise CheckpointError(
             f"{params_path} could not be read ({error}); re-download it."
         ) from None
-    return _build(config, genes, _haiku_flat(params), HAIKU_RULES, source=str(params_path))
+    return _build(config, genes, flatten_haiku(params), HAIKU_RULES, source=str(params_path))
 
 
 def load_own_folder(folder: Path, **overrides) -> BulkRNABert:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import json
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -19,6 +18,7 @@ from .checkpoints import (
     _identity,
     assign,
     flat_state,
+    flatten_haiku,
     map_tensors,
     read_json,
 )
@@ -118,14 +118,8 @@ class MLPHead(nnx.Module):
 
     def load_haiku_params(self, params: Mapping, *, source: str = "Haiku head params") -> MLPHead:
         """Load Haiku params: nested ``{module: {name: array}}`` or flat ``{"module/name": array}``."""
-        flat: dict[str, np.ndarray] = {}
-        for key, value in params.items():
-            if isinstance(value, Mapping):
-                flat.update({f"{key}/{name}": np.asarray(v) for name, v in value.items()})
-            else:
-                flat[key] = np.asarray(value)
         targets = flat_state(self, nnx.Param)
-        assign(self, map_tensors(flat, HAIKU_HEAD_RULES, targets, source=source))
+        assign(self, map_tensors(flatten_haiku(params), HAIKU_HEAD_RULES, targets, source=source))
         return self
 
 
@@ -154,22 +148,9 @@ def load_head(path, *, in_features: int | None = None, allow_pickle: bool = Fals
     else:
         raise CheckpointError(f"{folder} has neither params.npz nor params.joblib.")
     if in_features is None:
-        first = [np.asarray(v) for k, v in _flat_items(params) if re.search(r"linear_0/w$", k)]
+        first = [v for k, v in flatten_haiku(params).items() if re.search(r"linear_0/w$", k)]
         if not first:
             raise CheckpointError(f"{folder}: cannot infer in_features; pass in_features=.")
         in_features = first[0].shape[0]
     head = MLPHead.from_haiku_config(config, in_features)
     return head.load_haiku_params(params, source=str(folder))
-
-
-def _flat_items(params: Mapping):
-    for key, value in params.items():
-        if isinstance(value, Mapping):
-            for name, v in value.items():
-                yield f"{key}/{name}", v
-        else:
-            yield key, value
-
-
-def head_config_json(head: MLPHead) -> str:
-    return json.dumps(head.settings, indent=1, sort_keys=True)

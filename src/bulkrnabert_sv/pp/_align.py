@@ -408,9 +408,3 @@ def _suggest_gene_key(adata, gene_key) -> str | None:
         if hits >= 0.3 * len(sample) and hits > 0:
             return str(column)
     return None
-
-
-def alignment_table(alignment: GeneAlignment) -> pd.DataFrame:
-    """One row per vocabulary gene: how many input columns were summed into it."""
-    hits = np.asarray(alignment.matrix.sum(axis=0)).ravel().astype(int)
-    return pd.DataFrame({"n_inputs": hits}, index=pd.Index(alignment.genes, name="gene_id"))
