@@ -11,7 +11,8 @@ from collections.abc import Iterable, Sequence
 import jax
 import numpy as np
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from .sharding import batch_sharding, data_mesh, replicated
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "layer"))
@@ -32,9 +33,9 @@ class _Runner:
         self.batch_size = -(-max(batch_size, 1) // self.n_devices) * self.n_devices
         self.graphdef, state = nnx.split(model)
         if self.n_devices > 1:
-            mesh = Mesh(np.asarray(devices), ("batch",))
-            self.token_sharding = NamedSharding(mesh, PartitionSpec("batch"))
-            self.state = jax.device_put(state, NamedSharding(mesh, PartitionSpec()))
+            mesh = data_mesh(devices)
+            self.token_sharding = batch_sharding(mesh)
+            self.state = jax.device_put(state, replicated(mesh))
         else:
             self.token_sharding = devices[0]
             self.state = jax.device_put(state, devices[0])
