@@ -20,6 +20,34 @@ class ExpressionValueWarning(UserWarning):
     """Expression values that do not look like TPM (raw counts, log scale, other units)."""
 
 
+def require_finite_nonnegative(
+    rows: np.ndarray,
+    *,
+    where: str,
+    first_row: int,
+    values: str,
+    nonfinite_fix: str,
+    negative_fix: str,
+) -> None:
+    """Raise :class:`ExpressionValueError` at the first NaN/inf, then the first negative entry.
+
+    The message names the matrix (``where``), the position and value, and the caller's fix.
+    """
+    finite = np.isfinite(rows)
+    if not finite.all():
+        r, c = np.argwhere(~finite)[0]
+        raise ExpressionValueError(
+            f"{where} has NaN or infinite {values} (first at row {first_row + r}, column {c}). "
+            + nonfinite_fix
+        )
+    if (rows < 0).any():
+        r, c = np.argwhere(rows < 0)[0]
+        raise ExpressionValueError(
+            f"{where} has negative values (first at row {first_row + r}, column {c}: "
+            f"{rows[r, c]:g}). " + negative_fix
+        )
+
+
 def check_tpm_rows(
     rows: np.ndarray, *, where: str = "X", first_row: int = 0, warn: bool = True
 ) -> None:
@@ -46,21 +74,15 @@ def check_tpm_rows(
     ExpressionValueError
         NaN, infinite or negative values (the message gives the first position and the fix).
     """
-    finite = np.isfinite(rows)
-    if not finite.all():
-        r, c = np.argwhere(~finite)[0]
-        raise ExpressionValueError(
-            f"{where} has NaN or infinite values (first at row {first_row + r}, column {c}). "
-            "Fill them (e.g. with 0 for undetected genes) or drop those samples first."
-        )
-    if (rows < 0).any():
-        r, c = np.argwhere(rows < 0)[0]
-        raise ExpressionValueError(
-            f"{where} has negative values (first at row {first_row + r}, column {c}: "
-            f"{rows[r, c]:g}). BulkRNABert needs TPM (>= 0): scaled, centred or log(x + eps) "
-            "values cannot be used. Pass the layer that holds TPM with layer=, or undo the "
-            "transformation."
-        )
+    require_finite_nonnegative(
+        rows,
+        where=where,
+        first_row=first_row,
+        values="values",
+        nonfinite_fix="Fill them (e.g. with 0 for undetected genes) or drop those samples first.",
+        negative_fix="BulkRNABert needs TPM (>= 0): scaled, centred or log(x + eps) values "
+        "cannot be used. Pass the layer that holds TPM with layer=, or undo the transformation.",
+    )
     if warn:
         problem = tpm_problem(rows, where=where)
         if problem is not None:

@@ -177,17 +177,13 @@ def match_lengths(names: np.ndarray, lengths_by_id: pd.Series) -> np.ndarray:
 
 
 def _check_counts(rows: np.ndarray, where: str, first_row: int) -> None:
-    from .._core.checks import ExpressionValueError
+    from .._core.checks import require_finite_nonnegative
 
-    if not np.isfinite(rows).all():
-        r, c = np.argwhere(~np.isfinite(rows))[0]
-        raise ExpressionValueError(
-            f"{where} has NaN or infinite counts (first at row {first_row + r}, column {c}); "
-            "fill or drop them first."
-        )
-    if (rows < 0).any():
-        r, c = np.argwhere(rows < 0)[0]
-        raise ExpressionValueError(
-            f"{where} has negative values (first at row {first_row + r}, column {c}); raw "
-            "counts are >= 0. Pass layer= naming the layer with the raw counts."
-        )
+    require_finite_nonnegative(
+        rows,
+        where=where,
+        first_row=first_row,
+        values="counts",
+        nonfinite_fix="Fill or drop them first.",
+        negative_fix="Raw counts are >= 0. Pass layer= naming the layer with the raw counts.",
+    )
