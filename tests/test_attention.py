@@ -10,10 +10,23 @@ from flax import nnx
 
 from bulkrnabert_sv.model import attention as attn
 from bulkrnabert_sv.model import random_model
+from bulkrnabert_sv.model import _host_attention, _simd_kernels
 from bulkrnabert_sv.model._host_attention import attention_forward, available
 
 BLOCKWISE = ["blockwise_jax", "blockwise_host"]
 needs_host = pytest.mark.skipif(not available(), reason="numba is not installed")
+HAS_SIMD = available() and _simd_kernels.host_supports_simd()
+#: Host kernels to test: both where this CPU has AVX2/FMA, else only the OpenBLAS one.
+HOST_KERNELS = ["blas", "simd"] if HAS_SIMD else ["blas"]
+
+
+def _reference_base2(q, k, v):
+    """softmax2(q k^T) v and the base-2 log-sum-exp, in float64."""
+    logits = np.einsum("gqd,gkd->gqk", q.astype(np.float64), k.astype(np.float64))
+    top = logits.max(-1, keepdims=True)
+    p = np.exp2(logits - top)
+    total = p.sum(-1, keepdims=True)
+    return np.einsum("gqk,gkd->gqd", p / total, v), (top + np.log2(total))[..., 0]
 
 
 def _inputs(shape, seed=0, scale=1.0):
@@ -66,7 +79,33 @@ def test_blockwise_matches_xla_forward_and_grads(implementation, shape, blocks):
 
 
 @needs_host
-def test_host_kernel_rescales_rows_with_late_large_logits():
+@pytest.mark.parametrize("kernel", HOST_KERNELS)
+@pytest.mark.parametrize(
+    ("groups", "lq", "lk", "head_dim", "blocks"),
+    [
+        (1, 1, 1, 8, (None, None)),
+        (2, 37, 45, 8, (16, 8)),  # the simd kernel rounds tiles up to 8 x 16
+        (3, 517, 301, 16, (64, 96)),
+        (2, 1000, 1029, 32, (None, None)),  # the default tiles, lengths off every multiple
+        (1, 130, 700, 64, (24, 160)),
+        (2, 300, 257, 12, (32, 64)),  # a head size the simd kernel does not take: OpenBLAS
+    ],
+)
+def test_host_kernels_match_float64_reference(kernel, groups, lq, lk, head_dim, blocks):
+    rng = np.random.default_rng(lq + lk)
+    q = rng.standard_normal((groups, lq, head_dim), dtype=np.float32) * 0.4
+    k = rng.standard_normal((groups, lk, head_dim), dtype=np.float32)
+    v = rng.standard_normal((groups, lk, head_dim), dtype=np.float32)
+    out, lse = attention_forward(q, k, v, block_q=blocks[0], block_k=blocks[1], kernel=kernel)
+    want_out, want_lse = _reference_base2(q, k, v)
+    assert out.shape == q.shape and out.dtype == np.float32
+    np.testing.assert_allclose(out, want_out, rtol=0, atol=5e-6)
+    np.testing.assert_allclose(lse, want_lse, rtol=1e-6, atol=5e-6)
+
+
+@needs_host
+@pytest.mark.parametrize("kernel", HOST_KERNELS)
+def test_host_kernel_rescales_rows_with_late_large_logits(kernel):
     """Rows whose maximum arrives after the first key block (by far) take the rescale path."""
     rng = np.random.default_rng(1)
     q = rng.standard_normal((2, 50, 32), dtype=np.float32)
@@ -74,23 +113,74 @@ def test_host_kernel_rescales_rows_with_late_large_logits():
     v = rng.standard_normal((2, 3000, 32), dtype=np.float32)
     k[:, 2500] *= 40.0  # logits of hundreds (base 2), far above the first block's maximum
     k[:, 1200] *= 8.0
-    out, lse = attention_forward(q, k, v, block_q=16, block_k=256)
-    logits = np.einsum("gqd,gkd->gqk", q.astype(np.float64), k)
-    top = logits.max(-1, keepdims=True)
-    p = np.exp2(logits - top)
-    total = p.sum(-1, keepdims=True)
-    np.testing.assert_allclose(out, np.einsum("gqk,gkd->gqd", p / total, v), rtol=0, atol=2e-5)
-    np.testing.assert_allclose(lse, (top + np.log2(total))[..., 0], rtol=2e-6, atol=1e-5)
+    k[:, 2999] *= 60.0  # and in the last, partial panel
+    out, lse = attention_forward(q, k, v, block_q=16, block_k=256, kernel=kernel)
+    want_out, want_lse = _reference_base2(q, k, v)
+    np.testing.assert_allclose(out, want_out, rtol=0, atol=2e-5)
+    np.testing.assert_allclose(lse, want_lse, rtol=2e-6, atol=1e-5)
     assert np.isfinite(out).all()
 
 
 @needs_host
-def test_host_kernel_single_thread_equals_threaded():
+@pytest.mark.parametrize("kernel", HOST_KERNELS)
+def test_host_kernel_keeps_tiny_and_underflowing_weights_exact(kernel):
+    """Logits far below the row maximum underflow to (almost) zero weight, never to garbage."""
+    rng = np.random.default_rng(2)
+    q = rng.standard_normal((1, 40, 16), dtype=np.float32)
+    k = rng.standard_normal((1, 900, 16), dtype=np.float32)
+    v = rng.standard_normal((1, 900, 16), dtype=np.float32)
+    k[:, :10] *= 30.0  # the first block holds logits far above and far below the rest
+    out, lse = attention_forward(q, k, v, block_q=8, block_k=64, kernel=kernel)
+    want_out, want_lse = _reference_base2(q, k, v)
+    np.testing.assert_allclose(out, want_out, rtol=0, atol=2e-5)
+    np.testing.assert_allclose(lse, want_lse, rtol=2e-6, atol=1e-5)
+
+
+@needs_host
+@pytest.mark.parametrize("kernel", HOST_KERNELS)
+def test_host_kernel_propagates_nan_to_its_row_only(kernel):
+    rng = np.random.default_rng(3)
+    q = rng.standard_normal((2, 70, 8), dtype=np.float32)
+    k = rng.standard_normal((2, 90, 8), dtype=np.float32)
+    v = rng.standard_normal((2, 90, 8), dtype=np.float32)
+    q[1, 33, 4] = np.nan
+    out, lse = attention_forward(q, k, v, block_q=16, block_k=32, kernel=kernel)
+    assert np.isnan(out[1, 33]).all() and np.isnan(lse[1, 33])
+    finite = np.ones(out.shape[:2], bool)
+    finite[1, 33] = False
+    assert np.isfinite(out[finite]).all()
+    q[1, 33, 4] = 0.0
+    want_out, _ = _reference_base2(q, k, v)
+    np.testing.assert_allclose(out[finite], want_out[finite], rtol=0, atol=2e-6)
+
+
+@needs_host
+@pytest.mark.parametrize("kernel", HOST_KERNELS)
+def test_host_kernel_single_thread_equals_threaded(kernel):
     q, k, v = (np.asarray(a)[0].transpose(1, 0, 2) for a in _inputs((1, 300, 4, 16), seed=3))
-    one = attention_forward(q, k, v, block_q=32, block_k=64, threads=1)
-    many = attention_forward(q, k, v, block_q=32, block_k=64, threads=3)
+    one = attention_forward(q, k, v, block_q=32, block_k=64, threads=1, kernel=kernel)
+    many = attention_forward(q, k, v, block_q=32, block_k=64, threads=3, kernel=kernel)
     np.testing.assert_array_equal(one[0], many[0])
     np.testing.assert_array_equal(one[1], many[1])
+
+
+@needs_host
+def test_host_kernel_choice(monkeypatch):
+    resolve = _host_attention.resolve_kernel
+    simd = "simd" if HAS_SIMD else "blas"
+    monkeypatch.delenv("BULKRNABERT_SV_HOST_KERNEL", raising=False)
+    assert resolve(None, 32) == simd
+    assert resolve("auto", 64) == simd
+    assert resolve("simd", 8) == simd
+    assert resolve("simd", 12) == "blas"  # not a multiple of 8
+    assert resolve("simd", 128) == "blas"  # too many accumulators for 16 registers
+    assert resolve("blas", 32) == "blas"
+    monkeypatch.setenv("BULKRNABERT_SV_HOST_KERNEL", "blas")
+    assert resolve(None, 32) == "blas"
+    with pytest.raises(ValueError, match="Unknown host attention kernel 'fast'"):
+        resolve("fast", 32)
+    monkeypatch.setattr(_simd_kernels, "host_supports_simd", lambda: False)
+    assert resolve("simd", 32) == "blas"
 
 
 @needs_host

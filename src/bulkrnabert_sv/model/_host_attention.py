@@ -1,20 +1,28 @@
-"""Exact blockwise softmax attention on the CPU host (numba kernel around OpenBLAS GEMMs).
+"""Exact blockwise softmax attention on the CPU host (numba kernels).
 
 XLA's CPU backend runs the attention inner loop at roughly a third of the machine's GEMM rate: its
 small matrix products are slow and the softmax passes are separate loops. This module computes the
-same blockwise attention with
+same blockwise attention with one of two kernels (:func:`resolve_kernel` picks):
 
-* the two matrix products of each (query block, key block) tile done by OpenBLAS ``sgemm``
-  (through numba's ``np.dot``), single-threaded per tile, on tiles that stay in the L2 cache;
-* one fused, vectorised pass per tile for the softmax: ``p = 2**(s - m)`` with a polynomial
-  ``exp2`` (relative error below 1e-7, i.e. about one float32 ulp), written in place, summed;
+``"simd"`` (CPUs with AVX2 and FMA, head sizes that are multiples of 8 up to 64)
+    Register-blocked micro-kernels generated as LLVM IR (:mod:`._simd_kernels`): ``Q K^T`` on
+    panels of 16 keys with the shift, clamp, ``exp2`` and row sums fused in, so the logits are
+    never stored raw, and ``P V`` with its accumulators in registers over a whole key block.
+``"blas"`` (everywhere else)
+    The two matrix products of each (query block, key block) tile by OpenBLAS ``sgemm`` (through
+    numba's ``np.dot``), single-threaded per tile, then one fused, vectorised softmax pass.
+
+Both share the softmax scheme:
+
+* ``p = 2**(s - m)`` with a polynomial ``exp2`` (relative error below 1e-7, i.e. about one
+  float32 ulp);
 * a *lazy* running maximum: each row keeps the maximum of its first key block as the softmax shift
   and only rescales (after recomputing the row's logits) when a later logit exceeds it by more than
   ``2**THRESHOLD``, which is detected for free from the row sum. Shifting by any value not below
   the true maximum minus ``THRESHOLD`` is exact in float32 (no overflow; underflow only below
   ``2**-125`` relative to the largest term);
-* independent (head, query block) tasks spread over one Python thread per core (the kernel releases
-  the GIL).
+* independent (head, query block) tasks spread over one Python thread per core (the kernels
+  release the GIL).
 
 Inputs are heads-first, ``(G, L, D)`` float32 with the queries already multiplied by
 ``scale * log2(e)``; outputs are the attention output ``(G, Lq, D)`` and the base-2 log-sum-exp
@@ -25,6 +33,7 @@ The module imports without numba; :func:`available` says whether the kernel can 
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -45,7 +54,15 @@ try:  # numba is a dependency of scanpy, hence of this package, but keep the imp
 except ImportError:  # pragma: no cover - exercised only without numba
     _HAVE_NUMBA = False
 
-__all__ = ["THRESHOLD", "available", "attention_forward", "num_threads"]
+__all__ = [
+    "DEFAULT_BLOCKS",
+    "KERNELS",
+    "THRESHOLD",
+    "attention_forward",
+    "available",
+    "num_threads",
+    "resolve_kernel",
+]
 
 #: log2 of the largest softmax term allowed before a row is rescaled.
 THRESHOLD = 20.0
@@ -123,20 +140,24 @@ if _HAVE_NUMBA:
         return _bits_f32(_f32_bits(p) + (np.int32(n) << 23))
 
     @numba.njit(nogil=True, fastmath=_FASTMATH, cache=True)
+    def _softmax_row_first(row):
+        # Exact two-pass softmax of one row of the first key block, in place: returns the shift
+        # (the row maximum) and the sum of 2**(row - shift).
+        mx = _F32(-3.0e38)
+        for j in range(row.shape[0]):
+            mx = _fmax(mx, row[j])
+        total = _F32(0.0)
+        for j in range(row.shape[0]):
+            p = _exp2(row[j] - mx)
+            row[j] = p
+            total += p
+        return mx, total
+
+    @numba.njit(nogil=True, fastmath=_FASTMATH, cache=True)
     def _softmax_first(s, m, denom):
-        # First key block of a row block: exact two-pass softmax, sets the shift m.
-        n, w = s.shape
-        for i in range(n):
-            mx = _F32(-3.0e38)
-            for j in range(w):
-                mx = _fmax(mx, s[i, j])
-            m[i] = mx
-            total = _F32(0.0)
-            for j in range(w):
-                p = _exp2(s[i, j] - mx)
-                s[i, j] = p
-                total += p
-            denom[i] = total
+        # First key block of a row block: sets the shift m and the sums.
+        for i in range(s.shape[0]):
+            m[i], denom[i] = _softmax_row_first(s[i])
 
     @numba.njit(nogil=True, fastmath=_FASTMATH, cache=True)
     def _softmax_next(s, m, denom, flagged):
@@ -232,6 +253,132 @@ if _HAVE_NUMBA:
                 lse[g * lq + i0 + i] = m[i] + np.log2(denom[i])
 
 
+@functools.cache
+def _simd_tasks(head_dim: int):
+    """The attention task loop around the vector micro-kernels of :mod:`._simd_kernels`.
+
+    Compiled on first use for ``head_dim`` (a few seconds) and kept for the process. Not compiled
+    with fastmath: the kernels' exp2 and clamps rely on exact IEEE semantics.
+    """
+    from . import _simd_kernels as sk
+
+    rows_qk = 4
+    rows_pv = sk.pv_rows(head_dim)
+    panel = sk.PANEL
+    lanes = sk.LANES
+    qk_raw = sk.make_qk_kernel(head_dim, rows_qk, "raw", THRESHOLD)
+    qk_exp = sk.make_qk_kernel(head_dim, rows_qk, "exp", THRESHOLD)
+    qk_exp_full = sk.make_qk_kernel(head_dim, rows_qk, "exp_full", THRESHOLD)
+    pv = sk.make_pv_kernel(head_dim, rows_pv)
+    t_sum = _T_SUM
+
+    @numba.njit(nogil=True)
+    def tasks(q, kp, v, k, out, lse, groups, lq, lk, block_q, block_k, first, step):
+        # q (G*lq_pad, D) and v (G*lk_pad, D) zero-padded; kp flat key panels (G*lk_pad*D);
+        # k (G*lk, D) unpadded, for the rescale path; out (G*lq, D), lse (G*lq,).
+        d = head_dim
+        lq_pad = q.shape[0] // groups
+        lk_pad = v.shape[0] // groups
+        nq = lq_pad // block_q
+        probs = np.empty(block_q * block_k, np.float32)
+        probs2 = probs.reshape((block_q, block_k))
+        acc = np.empty((block_q, d), np.float32)
+        m = np.empty(block_q, np.float32)
+        denom = np.empty(block_q, np.float32)
+        sums = np.empty(block_q * lanes, np.float32)
+        flagged = np.zeros(block_q, np.bool_)
+        for task in range(first, groups * nq, step):
+            g = task // nq
+            i0 = (task % nq) * block_q
+            q_row0 = g * lq_pad + i0
+            acc[:] = 0.0
+            for j0 in range(0, lk, block_k):
+                w = min(block_k, lk - j0)
+                k_off = (g * lk_pad + j0) * d
+                if j0 == 0:
+                    for i in range(0, block_q, rows_qk):
+                        for jj in range(0, w, panel):
+                            qk_raw(
+                                q,
+                                (q_row0 + i) * d,
+                                d,
+                                kp,
+                                k_off + jj * d,
+                                probs,
+                                i * block_k + jj,
+                                block_k,
+                            )
+                    for i in range(block_q):
+                        row = probs[i * block_k : i * block_k + w]
+                        m[i], denom[i] = _softmax_row_first(row)
+                else:
+                    sums[:] = 0.0
+                    full = w - w % panel
+                    for i in range(0, block_q, rows_qk):
+                        for jj in range(0, full, panel):
+                            qk_exp_full(
+                                q,
+                                (q_row0 + i) * d,
+                                d,
+                                kp,
+                                k_off + jj * d,
+                                probs,
+                                i * block_k + jj,
+                                block_k,
+                                m,
+                                i,
+                                sums,
+                                i * lanes,
+                                panel,
+                            )
+                        if full < w:
+                            qk_exp(
+                                q,
+                                (q_row0 + i) * d,
+                                d,
+                                kp,
+                                k_off + full * d,
+                                probs,
+                                i * block_k + full,
+                                block_k,
+                                m,
+                                i,
+                                sums,
+                                i * lanes,
+                                w - full,
+                            )
+                    count = 0
+                    for i in range(block_q):
+                        total = np.float32(0.0)
+                        for c in range(lanes):
+                            total += sums[i * lanes + c]
+                        if total >= t_sum:
+                            flagged[i] = True
+                            count += 1
+                        else:
+                            flagged[i] = False
+                            denom[i] += total
+                    if count > 0:
+                        _fix_rows(
+                            probs2[:, :w],
+                            q[q_row0 : q_row0 + block_q],
+                            k[g * lk + j0 : g * lk + j0 + w],
+                            m,
+                            denom,
+                            flagged,
+                            acc,
+                        )
+                for i in range(0, block_q, rows_pv):
+                    pv(probs, i * block_k, block_k, v, (g * lk_pad + j0) * d, acc, i * d, w)
+            for i in range(min(block_q, lq - i0)):
+                inv = np.float32(1.0) / denom[i]
+                for c in range(d):
+                    out[g * lq + i0 + i, c] = acc[i, c] * inv
+                lse[g * lq + i0 + i] = m[i] + np.log2(denom[i])
+
+    return tasks
+
+
 def _blas_single_thread():
     """A context manager limiting BLAS to one thread (a no-op without threadpoolctl)."""
     global _BLAS_CONTROLLER
@@ -246,14 +393,41 @@ def _blas_single_thread():
     return _BLAS_CONTROLLER.limit(limits=1, user_api="blas")
 
 
+KERNELS = ("auto", "simd", "blas")
+#: Default tiles per kernel: (query rows per task, keys per tile).
+DEFAULT_BLOCKS = {"simd": (64, 512), "blas": (256, 512)}
+
+
+def resolve_kernel(kernel: str | None, head_dim: int) -> str:
+    """``"simd"`` (vector micro-kernels) where the CPU and head size allow, else ``"blas"``.
+
+    ``kernel`` None reads ``BULKRNABERT_SV_HOST_KERNEL`` (default ``"auto"``). An explicit
+    ``"simd"`` that cannot run here falls back to ``"blas"``.
+    """
+    from . import _simd_kernels
+
+    kernel = kernel or os.environ.get("BULKRNABERT_SV_HOST_KERNEL", "auto")
+    if kernel not in KERNELS:
+        raise ValueError(f"Unknown host attention kernel {kernel!r}; choose one of {KERNELS}.")
+    if kernel == "blas":
+        return "blas"
+    simd_ok = _simd_kernels.host_supports_simd() and _simd_kernels.supports_head_dim(head_dim)
+    return "simd" if simd_ok else "blas"
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
 def attention_forward(
     q: np.ndarray,
     k: np.ndarray,
     v: np.ndarray,
     *,
-    block_q: int = 256,
-    block_k: int = 1024,
+    block_q: int | None = None,
+    block_k: int | None = None,
     threads: int | None = None,
+    kernel: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Softmax attention in base 2 over heads-first float32 arrays.
 
@@ -264,9 +438,12 @@ def attention_forward(
     k, v
         Keys and values, shape (..., Lk, D); leading dimensions as ``q``.
     block_q, block_k
-        Tile sizes: a (block_q, block_k) float32 tile should fit in the L2 cache.
+        Tile sizes (default: :data:`DEFAULT_BLOCKS` of the kernel). The ``"simd"`` kernel rounds
+        them up to multiples of 8 and 16.
     threads
         Worker threads (default :func:`num_threads`).
+    kernel
+        ``"simd"``, ``"blas"`` or ``"auto"`` (see :func:`resolve_kernel`).
 
     Returns
     -------
@@ -281,26 +458,66 @@ def attention_forward(
     lq, d = q.shape[-2:]
     lk = k.shape[-2]
     groups = int(np.prod(lead, dtype=np.int64))
-    q2 = np.ascontiguousarray(q, dtype=np.float32).reshape(groups * lq, d)
-    k2 = np.ascontiguousarray(k, dtype=np.float32).reshape(groups * lk, d)
-    v2 = np.ascontiguousarray(v, dtype=np.float32).reshape(groups * lk, d)
+    q2 = np.ascontiguousarray(q, dtype=np.float32).reshape(groups, lq, d)
+    k2 = np.ascontiguousarray(k, dtype=np.float32).reshape(groups, lk, d)
+    v2 = np.ascontiguousarray(v, dtype=np.float32).reshape(groups, lk, d)
     out = np.empty((groups * lq, d), np.float32)
     lse = np.empty(groups * lq, np.float32)
     if groups == 0 or lq == 0:
         return out.reshape(q.shape), lse.reshape(q.shape[:-1])
-    block_q = max(1, min(int(block_q), lq))
-    block_k = max(1, min(int(block_k), lk))
-    tasks = groups * (-(-lq // block_q))
+    kernel = resolve_kernel(kernel, d)
+    default_q, default_k = DEFAULT_BLOCKS[kernel]
+    block_q = max(1, min(int(block_q or default_q), lq))
+    block_k = max(1, min(int(block_k or default_k), lk))
+    if kernel == "simd":
+        from . import _simd_kernels
+
+        block_q = _round_up(block_q, 8)
+        block_k = _round_up(block_k, _simd_kernels.PANEL)
+        lq_pad = _round_up(lq, block_q)
+        lk_pad = _round_up(lk, _simd_kernels.PANEL)
+        q_pad = np.zeros((groups, lq_pad, d), np.float32)
+        q_pad[:, :lq] = q2
+        v_pad = np.zeros((groups, lk_pad, d), np.float32)
+        v_pad[:, :lk] = v2
+        panels = _simd_kernels.pack_key_panels(k2, lk_pad)
+        function = _simd_tasks(d)
+        args = (
+            q_pad.reshape(-1, d),
+            panels,
+            v_pad.reshape(-1, d),
+            k2.reshape(-1, d),
+            out,
+            lse,
+            groups,
+            lq,
+            lk,
+            block_q,
+            block_k,
+        )
+        tasks = groups * (lq_pad // block_q)
+    else:
+        function = _attention_tasks
+        args = (
+            q2.reshape(-1, d),
+            k2.reshape(-1, d),
+            v2.reshape(-1, d),
+            out,
+            lse,
+            groups,
+            block_q,
+            block_k,
+        )
+        tasks = groups * (-(-lq // block_q))
     workers = max(1, min(threads or num_threads(), tasks))
-    args = (q2, k2, v2, out, lse, groups, block_q, block_k)
     global _POOL
     with _LOCK, _blas_single_thread():
         if workers == 1:
-            _attention_tasks(*args, 0, 1)
+            function(*args, 0, 1)
         else:
             if _POOL is None or _POOL._max_workers < workers:
                 _POOL = ThreadPoolExecutor(workers, thread_name_prefix="bulkrnabert-attn")
-            futures = [_POOL.submit(_attention_tasks, *args, t, workers) for t in range(workers)]
+            futures = [_POOL.submit(function, *args, t, workers) for t in range(workers)]
             for future in futures:
                 future.result()
     return out.reshape(q.shape), lse.reshape(q.shape[:-1])

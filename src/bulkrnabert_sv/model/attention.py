@@ -12,8 +12,9 @@ function (softmax over all keys, no mask) and differ in speed and memory:
     does). On a CPU it runs the host kernel (``"blockwise_host"``) when numba is available, else
     the pure-JAX loops (``"blockwise_jax"``).
 ``"blockwise_host"``
-    The forward pass as a numba kernel around OpenBLAS matrix products, called with
-    :func:`jax.pure_callback` (CPU only; see :mod:`._host_attention`). Backward pass in JAX.
+    The forward pass as a numba kernel called with :func:`jax.pure_callback` (CPU only; see
+    :mod:`._host_attention`): AVX2/FMA register-blocked micro-kernels with the softmax fused in
+    where the CPU has them, OpenBLAS tiles otherwise. Backward pass in JAX.
 ``"blockwise_jax"``
     The forward and backward passes as JAX loops (``lax.map`` over query blocks, ``lax.scan`` over
     key blocks); any platform.
@@ -38,9 +39,6 @@ import jax
 import jax.numpy as jnp
 
 IMPLEMENTATIONS = ("auto", "xla", "blockwise", "blockwise_host", "blockwise_jax", "cudnn")
-#: Tile sizes of the host kernel (a 256 x 512 float32 tile is 512 KiB: half a 1 MiB L2 cache).
-DEFAULT_BLOCK_Q = 256
-DEFAULT_BLOCK_K = 512
 #: Tile sizes of the pure-JAX loops (measured fastest on a 2-core AVX2 CPU).
 DEFAULT_JAX_BLOCK_Q = 256
 DEFAULT_JAX_BLOCK_K = 256
@@ -306,8 +304,8 @@ def dot_product_attention(
     scale
         Logit scale, ``1/sqrt(head_dim)`` by default.
     block_q, block_k
-        Tile sizes of the blockwise implementations (defaults: :data:`DEFAULT_BLOCK_Q`/
-        :data:`DEFAULT_BLOCK_K` for the host kernel, :data:`DEFAULT_JAX_BLOCK_Q`/
+        Tile sizes of the blockwise implementations (defaults: the host kernel's own,
+        ``_host_attention.DEFAULT_BLOCKS``; :data:`DEFAULT_JAX_BLOCK_Q`/
         :data:`DEFAULT_JAX_BLOCK_K` for the JAX loops).
 
     Returns
@@ -322,10 +320,13 @@ def dot_product_attention(
     if impl == "cudnn":
         return _cudnn_attention(q, k, v, scale)
     if impl == "blockwise_host":
-        bq, bk, kernel = block_q or DEFAULT_BLOCK_Q, block_k or DEFAULT_BLOCK_K, "host"
+        # None: the host kernel's own default tiles (see _host_attention.DEFAULT_BLOCKS).
+        bq, bk, kernel = block_q, block_k, "host"
     else:
         bq, bk, kernel = block_q or DEFAULT_JAX_BLOCK_Q, block_k or DEFAULT_JAX_BLOCK_K, "jax"
-    return _blockwise_attention(q, k, v, scale, int(bq), int(bk), kernel)
+    bq = None if bq is None else int(bq)
+    bk = None if bk is None else int(bk)
+    return _blockwise_attention(q, k, v, scale, bq, bk, kernel)
 
 
 def flops_per_layer(length: int, heads: int, head_dim: int, batch: int = 1) -> int:
@@ -335,8 +336,6 @@ def flops_per_layer(length: int, heads: int, head_dim: int, batch: int = 1) -> i
 
 __all__ = [
     "AUTO_MATERIALIZE_MAX_LENGTH",
-    "DEFAULT_BLOCK_K",
-    "DEFAULT_BLOCK_Q",
     "IMPLEMENTATIONS",
     "attention_weights",
     "dot_product_attention",
