@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from bulkrnabert_sv.model import _host_attention, _simd_kernels, random_model
 from bulkrnabert_sv.model import attention as attn
-from bulkrnabert_sv.model import random_model
-from bulkrnabert_sv.model import _host_attention, _simd_kernels
 from bulkrnabert_sv.model._host_attention import attention_forward, available
 
 BLOCKWISE = ["blockwise_jax", "blockwise_host"]
