@@ -107,17 +107,18 @@ def test_host_kernels_match_float64_reference(kernel, groups, lq, lk, head_dim, 
 def test_host_kernel_rescales_rows_with_late_large_logits(kernel):
     """Rows whose maximum arrives after the first key block (by far) take the rescale path."""
     rng = np.random.default_rng(1)
-    q = rng.standard_normal((2, 50, 32), dtype=np.float32)
+    q = rng.standard_normal((2, 150, 32), dtype=np.float32)
     k = rng.standard_normal((2, 3000, 32), dtype=np.float32)
     v = rng.standard_normal((2, 3000, 32), dtype=np.float32)
     k[:, 2500] *= 40.0  # logits of hundreds (base 2), far above the first block's maximum
     k[:, 1200] *= 8.0
     k[:, 2999] *= 60.0  # and in the last, partial panel
-    out, lse = attention_forward(q, k, v, block_q=16, block_k=256, kernel=kernel)
     want_out, want_lse = _reference_base2(q, k, v)
-    np.testing.assert_allclose(out, want_out, rtol=0, atol=2e-5)
-    np.testing.assert_allclose(lse, want_lse, rtol=2e-6, atol=1e-5)
-    assert np.isfinite(out).all()
+    for block_q in (16, 150):  # one tile per task; three tiles of 64 rows per task (simd)
+        out, lse = attention_forward(q, k, v, block_q=block_q, block_k=256, kernel=kernel)
+        np.testing.assert_allclose(out, want_out, rtol=0, atol=2e-5)
+        np.testing.assert_allclose(lse, want_lse, rtol=2e-6, atol=1e-5)
+        assert np.isfinite(out).all()
 
 
 @needs_host
@@ -151,6 +152,27 @@ def test_host_kernel_propagates_nan_to_its_row_only(kernel):
     q[1, 33, 4] = 0.0
     want_out, _ = _reference_base2(q, k, v)
     np.testing.assert_allclose(out[finite], want_out[finite], rtol=0, atol=2e-6)
+
+
+@needs_host
+@pytest.mark.parametrize("kernel", HOST_KERNELS)
+def test_host_kernel_reads_the_models_layout_in_place(kernel):
+    """``layout="bshd"`` (batch, length, heads, dim) gives what heads-first arrays give."""
+    rng = np.random.default_rng(4)
+    q, k, v = (rng.standard_normal((2, n, 3, 16), dtype=np.float32) for n in (101, 77, 77))
+    out, lse = attention_forward(q, k, v, layout="bshd", block_q=16, block_k=32, kernel=kernel)
+    assert out.shape == q.shape and lse.shape == (2, 3, 101)
+
+    def heads_first(x):
+        return np.ascontiguousarray(x.transpose(0, 2, 1, 3))
+
+    want_out, want_lse = attention_forward(
+        heads_first(q), heads_first(k), heads_first(v), block_q=16, block_k=32, kernel=kernel
+    )
+    np.testing.assert_array_equal(heads_first(out), want_out)
+    np.testing.assert_array_equal(lse, want_lse)
+    with pytest.raises(ValueError, match="Unknown layout"):
+        attention_forward(q, k, v, layout="bhsd")
 
 
 @needs_host

@@ -259,6 +259,11 @@ def _simd_tasks(head_dim: int):
 
     Compiled on first use for ``head_dim`` (a few seconds) and kept for the process. Not compiled
     with fastmath: the kernels' exp2 and clamps rely on exact IEEE semantics.
+
+    The returned function reads q and v, and writes out, through element strides, so it takes
+    heads-first ``(G, L, D)`` arrays as well as ``(B, L, H, D)`` ones without a transpose: group
+    ``g`` is batch ``g // heads``, head ``g % heads``, and row ``l`` of a group starts at
+    ``(g // heads) * stride_b + (g % heads) * stride_h + l * stride_l``.
     """
     from . import _simd_kernels as sk
 
@@ -273,16 +278,38 @@ def _simd_tasks(head_dim: int):
     t_sum = _T_SUM
 
     @numba.njit(nogil=True)
-    def tasks(q, kp, v, k, out, lse, groups, lq, lk, block_q, block_k, first, step):
-        # q (G*lq_pad, D) and v (G*lk_pad, D) zero-padded; kp flat key panels (G*lk_pad*D);
-        # k (G*lk, D) unpadded, for the rescale path; out (G*lq, D), lse (G*lq,).
+    def tasks(
+        q,
+        q_strides,
+        kp,
+        v,
+        v_strides,
+        out,
+        lse,
+        heads,
+        lq,
+        lk,
+        block_q,
+        tile_q,
+        block_k,
+        first,
+        step,
+    ):
+        # q, v, out: flat float32; q_strides/v_strides: (stride_b, stride_h, stride_l), out has
+        # q's. kp: the key panels (G, lk_pad // 16, D, 16), flat. lse: (G, lq), flat.
+        # A task is block_q query rows of one group, done as sub-blocks of tile_q rows per key
+        # block, so that each key block (panels and values) is read once per task.
         d = head_dim
-        lq_pad = q.shape[0] // groups
-        lk_pad = v.shape[0] // groups
-        nq = lq_pad // block_q
-        probs = np.empty(block_q * block_k, np.float32)
-        probs2 = probs.reshape((block_q, block_k))
+        groups = lse.shape[0] // lq
+        lk_pad = kp.shape[0] // (groups * d)
+        nq = (lq + block_q - 1) // block_q
+        q_tile = np.zeros((block_q, d), np.float32)
+        q_flat = q_tile.reshape(-1)
+        k_tile = np.empty((block_k, d), np.float32)
+        probs = np.empty(tile_q * block_k, np.float32)
+        probs2 = probs.reshape((tile_q, block_k))
         acc = np.empty((block_q, d), np.float32)
+        acc_flat = acc.reshape(-1)
         m = np.empty(block_q, np.float32)
         denom = np.empty(block_q, np.float32)
         sums = np.empty(block_q * lanes, np.float32)
@@ -290,90 +317,111 @@ def _simd_tasks(head_dim: int):
         for task in range(first, groups * nq, step):
             g = task // nq
             i0 = (task % nq) * block_q
-            q_row0 = g * lq_pad + i0
+            n = min(block_q, lq - i0)
+            n_tiles = (n + tile_q - 1) // tile_q
+            q_base = (g // heads) * q_strides[0] + (g % heads) * q_strides[1]
+            v_base = (g // heads) * v_strides[0] + (g % heads) * v_strides[1]
+            for i in range(n):  # the task's query rows, contiguous; rows past lq stay zero
+                row = q_base + (i0 + i) * q_strides[2]
+                for c in range(d):
+                    q_tile[i, c] = q[row + c]
+            if n < block_q:
+                q_tile[n:] = 0.0
             acc[:] = 0.0
             for j0 in range(0, lk, block_k):
                 w = min(block_k, lk - j0)
                 k_off = (g * lk_pad + j0) * d
-                if j0 == 0:
-                    for i in range(0, block_q, rows_qk):
-                        for jj in range(0, w, panel):
-                            qk_raw(
-                                q,
-                                (q_row0 + i) * d,
-                                d,
-                                kp,
-                                k_off + jj * d,
-                                probs,
-                                i * block_k + jj,
-                                block_k,
+                v_off = v_base + j0 * v_strides[2]
+                full = w - w % panel
+                for t in range(n_tiles):
+                    r0 = t * tile_q
+                    if j0 == 0:
+                        for i in range(r0, r0 + tile_q, rows_qk):
+                            for jj in range(0, w, panel):
+                                p_off = (i - r0) * block_k + jj
+                                qk_raw(q_flat, i * d, d, kp, k_off + jj * d, probs, p_off, block_k)
+                        for i in range(tile_q):
+                            row = probs[i * block_k : i * block_k + w]
+                            m[r0 + i], denom[r0 + i] = _softmax_row_first(row)
+                    else:
+                        sums[r0 * lanes : (r0 + tile_q) * lanes] = 0.0
+                        for i in range(r0, r0 + tile_q, rows_qk):
+                            p_row = (i - r0) * block_k
+                            for jj in range(0, full, panel):
+                                qk_exp_full(
+                                    q_flat,
+                                    i * d,
+                                    d,
+                                    kp,
+                                    k_off + jj * d,
+                                    probs,
+                                    p_row + jj,
+                                    block_k,
+                                    m,
+                                    i,
+                                    sums,
+                                    i * lanes,
+                                    panel,
+                                )
+                            if full < w:
+                                qk_exp(
+                                    q_flat,
+                                    i * d,
+                                    d,
+                                    kp,
+                                    k_off + full * d,
+                                    probs,
+                                    p_row + full,
+                                    block_k,
+                                    m,
+                                    i,
+                                    sums,
+                                    i * lanes,
+                                    w - full,
+                                )
+                        count = 0
+                        for i in range(r0, r0 + tile_q):
+                            total = np.float32(0.0)
+                            for c in range(lanes):
+                                total += sums[i * lanes + c]
+                            if total >= t_sum:
+                                flagged[i] = True
+                                count += 1
+                            else:
+                                flagged[i] = False
+                                denom[i] += total
+                        if count > 0:  # rare: unpack this block's keys for the rescale path
+                            for j in range(w):
+                                at = k_off + (j // panel) * panel * d + j % panel
+                                for c in range(d):
+                                    k_tile[j, c] = kp[at + c * panel]
+                            rows = slice(r0, r0 + tile_q)
+                            _fix_rows(
+                                probs2[:, :w],
+                                q_tile[rows],
+                                k_tile[:w],
+                                m[rows],
+                                denom[rows],
+                                flagged[rows],
+                                acc[rows],
                             )
-                    for i in range(block_q):
-                        row = probs[i * block_k : i * block_k + w]
-                        m[i], denom[i] = _softmax_row_first(row)
-                else:
-                    sums[:] = 0.0
-                    full = w - w % panel
-                    for i in range(0, block_q, rows_qk):
-                        for jj in range(0, full, panel):
-                            qk_exp_full(
-                                q,
-                                (q_row0 + i) * d,
-                                d,
-                                kp,
-                                k_off + jj * d,
-                                probs,
-                                i * block_k + jj,
-                                block_k,
-                                m,
-                                i,
-                                sums,
-                                i * lanes,
-                                panel,
-                            )
-                        if full < w:
-                            qk_exp(
-                                q,
-                                (q_row0 + i) * d,
-                                d,
-                                kp,
-                                k_off + full * d,
-                                probs,
-                                i * block_k + full,
-                                block_k,
-                                m,
-                                i,
-                                sums,
-                                i * lanes,
-                                w - full,
-                            )
-                    count = 0
-                    for i in range(block_q):
-                        total = np.float32(0.0)
-                        for c in range(lanes):
-                            total += sums[i * lanes + c]
-                        if total >= t_sum:
-                            flagged[i] = True
-                            count += 1
-                        else:
-                            flagged[i] = False
-                            denom[i] += total
-                    if count > 0:
-                        _fix_rows(
-                            probs2[:, :w],
-                            q[q_row0 : q_row0 + block_q],
-                            k[g * lk + j0 : g * lk + j0 + w],
-                            m,
-                            denom,
-                            flagged,
-                            acc,
+                    for i in range(0, tile_q, rows_pv):
+                        pv(
+                            probs,
+                            i * block_k,
+                            block_k,
+                            v,
+                            v_off,
+                            v_strides[2],
+                            acc_flat,
+                            (r0 + i) * d,
+                            w,
                         )
-                for i in range(0, block_q, rows_pv):
-                    pv(probs, i * block_k, block_k, v, (g * lk_pad + j0) * d, acc, i * d, w)
-            for i in range(min(block_q, lq - i0)):
+            for i in range(n):
                 inv = np.float32(1.0) / denom[i]
+                row = q_base + (i0 + i) * q_strides[2]
                 for c in range(d):
-                    out[g * lq + i0 + i, c] = acc[i, c] * inv
+                    out[row + c] = acc[i, c] * inv
                 lse[g * lq + i0 + i] = m[i] + np.log2(denom[i])
 
     return tasks
@@ -395,7 +443,10 @@ def _blas_single_thread():
 
 KERNELS = ("auto", "simd", "blas")
 #: Default tiles per kernel: (query rows per task, keys per tile).
-DEFAULT_BLOCKS = {"simd": (64, 512), "blas": (256, 512)}
+DEFAULT_BLOCKS = {"simd": (256, 512), "blas": (256, 512)}
+#: Query rows of one probability tile of the ``"simd"`` kernel: a 64 x 512 float32 tile is
+#: 128 KiB, a quarter of a 512 KiB L2 cache, next to one key block's panels and values.
+SIMD_TILE_ROWS = 64
 
 
 def resolve_kernel(kernel: str | None, head_dim: int) -> str:
@@ -419,24 +470,44 @@ def _round_up(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
 
 
+def _run_tasks(function, args: tuple, tasks: int, threads: int | None) -> None:
+    """Run ``function(*args, first, step)`` over the worker threads (BLAS single-threaded)."""
+    workers = max(1, min(threads or num_threads(), tasks))
+    global _POOL
+    with _LOCK, _blas_single_thread():
+        if workers == 1:
+            function(*args, 0, 1)
+            return
+        if _POOL is None or _POOL._max_workers < workers:
+            _POOL = ThreadPoolExecutor(workers, thread_name_prefix="bulkrnabert-attn")
+        futures = [_POOL.submit(function, *args, t, workers) for t in range(workers)]
+        for future in futures:
+            future.result()
+
+
 def attention_forward(
     q: np.ndarray,
     k: np.ndarray,
     v: np.ndarray,
     *,
+    layout: str = "heads_first",
     block_q: int | None = None,
     block_k: int | None = None,
     threads: int | None = None,
     kernel: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Softmax attention in base 2 over heads-first float32 arrays.
+    """Softmax attention in base 2 over float32 arrays.
 
     Parameters
     ----------
     q
-        Queries, shape (..., Lq, D), already multiplied by ``scale * log2(e)``.
+        Queries, already multiplied by ``scale * log2(e)``: shape (..., Lq, D) with
+        ``layout="heads_first"`` or (..., Lq, H, D) with ``layout="bshd"`` (the model's own
+        layout, read in place by the ``"simd"`` kernel).
     k, v
-        Keys and values, shape (..., Lk, D); leading dimensions as ``q``.
+        Keys and values, shape (..., Lk, D) or (..., Lk, H, D); leading dimensions as ``q``.
+    layout
+        ``"heads_first"`` or ``"bshd"``.
     block_q, block_k
         Tile sizes (default: :data:`DEFAULT_BLOCKS` of the kernel). The ``"simd"`` kernel rounds
         them up to multiples of 8 and 16.
@@ -448,76 +519,97 @@ def attention_forward(
     Returns
     -------
     out
-        ``softmax2(q k^T) v``, shape (..., Lq, D), float32.
+        ``softmax2(q k^T) v``, float32, shaped as ``q``.
     lse
-        ``log2(sum_j 2**(q_i . k_j))``, shape (..., Lq), float32.
+        ``log2(sum_j 2**(q_i . k_j))``, float32, shape (..., Lq) or (..., H, Lq).
     """
     if not _HAVE_NUMBA:
         raise RuntimeError("the host attention kernel needs numba")
-    lead = q.shape[:-2]
-    lq, d = q.shape[-2:]
-    lk = k.shape[-2]
-    groups = int(np.prod(lead, dtype=np.int64))
-    q2 = np.ascontiguousarray(q, dtype=np.float32).reshape(groups, lq, d)
-    k2 = np.ascontiguousarray(k, dtype=np.float32).reshape(groups, lk, d)
-    v2 = np.ascontiguousarray(v, dtype=np.float32).reshape(groups, lk, d)
-    out = np.empty((groups * lq, d), np.float32)
-    lse = np.empty(groups * lq, np.float32)
+    if layout not in ("heads_first", "bshd"):
+        raise ValueError(f"Unknown layout {layout!r}; choose 'heads_first' or 'bshd'.")
+    q = np.ascontiguousarray(q, dtype=np.float32)
+    k = np.ascontiguousarray(k, dtype=np.float32)
+    v = np.ascontiguousarray(v, dtype=np.float32)
+    if layout == "bshd":
+        *lead, lq, heads, d = q.shape
+        lk = k.shape[-3]
+        lse_shape = (*lead, heads, lq)
+    else:
+        *lead, lq, d = q.shape
+        lk, heads = k.shape[-2], 1
+        lse_shape = (*lead, lq)
+    batch = int(np.prod(lead, dtype=np.int64))
+    groups = batch * heads
+    out = np.empty(q.shape, np.float32)
+    lse = np.empty(lse_shape, np.float32)
     if groups == 0 or lq == 0:
-        return out.reshape(q.shape), lse.reshape(q.shape[:-1])
+        return out, lse
     kernel = resolve_kernel(kernel, d)
     default_q, default_k = DEFAULT_BLOCKS[kernel]
     block_q = max(1, min(int(block_q or default_q), lq))
     block_k = max(1, min(int(block_k or default_k), lk))
-    if kernel == "simd":
-        from . import _simd_kernels
+    if kernel == "blas":
+        if layout == "bshd":  # the OpenBLAS kernel reads heads-first arrays
 
-        block_q = _round_up(block_q, 8)
-        block_k = _round_up(block_k, _simd_kernels.PANEL)
-        lq_pad = _round_up(lq, block_q)
-        lk_pad = _round_up(lk, _simd_kernels.PANEL)
-        q_pad = np.zeros((groups, lq_pad, d), np.float32)
-        q_pad[:, :lq] = q2
-        v_pad = np.zeros((groups, lk_pad, d), np.float32)
-        v_pad[:, :lk] = v2
-        panels = _simd_kernels.pack_key_panels(k2, lk_pad)
-        function = _simd_tasks(d)
+            def heads_first(x):
+                return np.ascontiguousarray(np.moveaxis(x.reshape(batch, -1, heads, d), 2, 1))
+
+            out_hf, lse_hf = attention_forward(
+                heads_first(q),
+                heads_first(k),
+                heads_first(v),
+                block_q=block_q,
+                block_k=block_k,
+                threads=threads,
+                kernel="blas",
+            )
+            out[...] = np.moveaxis(out_hf, 1, 2).reshape(q.shape)
+            return out, lse_hf.reshape(lse_shape)
         args = (
-            q_pad.reshape(-1, d),
-            panels,
-            v_pad.reshape(-1, d),
-            k2.reshape(-1, d),
-            out,
-            lse,
+            q.reshape(-1, d),
+            k.reshape(-1, d),
+            v.reshape(-1, d),
+            out.reshape(-1, d),
+            lse.reshape(-1),
             groups,
-            lq,
-            lk,
             block_q,
             block_k,
         )
-        tasks = groups * (lq_pad // block_q)
+        _run_tasks(_attention_tasks, args, groups * (-(-lq // block_q)), threads)
+        return out, lse
+
+    from . import _simd_kernels
+
+    tile_q = min(_round_up(block_q, 8), SIMD_TILE_ROWS)
+    block_q = _round_up(block_q, tile_q)
+    block_k = _round_up(block_k, _simd_kernels.PANEL)
+    # Keys become panels and values heads-first rows: both are streamed once per query block, and
+    # rows H * D apart would thrash the caches. Queries and outputs are used in place.
+    if layout == "bshd":
+        k_heads_first = np.moveaxis(k.reshape(batch, lk, heads, d), 2, 1)
+        v_heads_first = np.ascontiguousarray(np.moveaxis(v.reshape(batch, lk, heads, d), 2, 1))
+        q_strides = np.array([lq * heads * d, d, heads * d], np.int64)
     else:
-        function = _attention_tasks
-        args = (
-            q2.reshape(-1, d),
-            k2.reshape(-1, d),
-            v2.reshape(-1, d),
-            out,
-            lse,
-            groups,
-            block_q,
-            block_k,
-        )
-        tasks = groups * (-(-lq // block_q))
-    workers = max(1, min(threads or num_threads(), tasks))
-    global _POOL
-    with _LOCK, _blas_single_thread():
-        if workers == 1:
-            function(*args, 0, 1)
-        else:
-            if _POOL is None or _POOL._max_workers < workers:
-                _POOL = ThreadPoolExecutor(workers, thread_name_prefix="bulkrnabert-attn")
-            futures = [_POOL.submit(function, *args, t, workers) for t in range(workers)]
-            for future in futures:
-                future.result()
-    return out.reshape(q.shape), lse.reshape(q.shape[:-1])
+        k_heads_first, v_heads_first = k, v
+        q_strides = np.array([lq * d, 0, d], np.int64)
+    v_strides = np.array([heads * lk * d, lk * d, d], np.int64)
+    panels = _simd_kernels.pack_key_panels(
+        k_heads_first.reshape(groups, lk, d), _round_up(lk, _simd_kernels.PANEL)
+    )
+    args = (
+        q.reshape(-1),
+        q_strides,
+        panels,
+        v_heads_first.reshape(-1),
+        v_strides,
+        out.reshape(-1),
+        lse.reshape(-1),
+        heads,
+        lq,
+        lk,
+        block_q,
+        tile_q,
+        block_k,
+    )
+    _run_tasks(_simd_tasks(d), args, groups * (-(-lq // block_q)), threads)
+    return out, lse

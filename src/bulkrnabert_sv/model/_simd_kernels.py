@@ -251,18 +251,19 @@ if _HAVE_NUMBA:
         return qk_exp
 
     def make_pv_kernel(head_dim: int, rows: int):
-        """``pv(p, p_off, p_stride, v, v_off, acc, acc_off, count)``: for ``r < rows``,
-        ``acc[acc_off + r D : + D] += sum_{j < count} p[p_off + r p_stride + j] v[v_off + j D : + D]``.
+        """``pv(p, p_off, p_stride, v, v_off, v_stride, acc, acc_off, count)``: for ``r < rows``,
+        ``acc[acc_off + r D : + D] += sum_{j < count} p[p_off + r p_stride + j]
+        v[v_off + j v_stride : + D]``.
         """
         vectors = head_dim // LANES
         intp = types.intp
 
         def generate(context, builder, signature, args):
             e = _Emitter(builder)
-            p, p_off, p_stride, v, v_off, acc, acc_off, count = args
+            p, p_off, p_stride, v, v_off, v_stride, acc, acc_off, count = args
             pp = _data(context, builder, signature.args[0], p)
             vp = _data(context, builder, signature.args[3], v)
-            ap = _data(context, builder, signature.args[5], acc)
+            ap = _data(context, builder, signature.args[6], acc)
             slots = []
             for r in range(rows):
                 for c in range(vectors):
@@ -273,7 +274,7 @@ if _HAVE_NUMBA:
             row_offsets = [e.offset(p_off, stride=p_stride, times=r) for r in range(rows)]
 
             def step(j):
-                v_row = builder.add(v_off, builder.mul(j, ir.Constant(_I64, head_dim)))
+                v_row = builder.add(v_off, builder.mul(j, v_stride))
                 values = [e.load(vp, e.offset(v_row, LANES * c)) for c in range(vectors)]
                 for r in range(rows):
                     weight = e.broadcast_load(pp, builder.add(row_offsets[r], j))
@@ -288,8 +289,8 @@ if _HAVE_NUMBA:
             return context.get_dummy_value()
 
         @intrinsic
-        def pv(typingctx, p, p_off, p_stride, v, v_off, acc, acc_off, count):
-            sig = types.void(p, intp, intp, v, intp, acc, intp, intp)
+        def pv(typingctx, p, p_off, p_stride, v, v_off, v_stride, acc, acc_off, count):
+            sig = types.void(p, intp, intp, v, intp, intp, acc, intp, intp)
             return sig, generate
 
         return pv

@@ -124,20 +124,6 @@ def _jax_forward(qs, k, v, block_q, block_k):
     return _unblocks(out, lq), _unblocks(lse, lq)
 
 
-def _host_forward(qs, k, v, block_q, block_k):
-    """The same as :func:`_jax_forward`, computed by the numba host kernel."""
-    from . import _host_attention
-
-    shapes = (
-        jax.ShapeDtypeStruct(qs.shape, jnp.float32),
-        jax.ShapeDtypeStruct(qs.shape[:-1], jnp.float32),
-    )
-    callback = functools.partial(
-        _host_attention.attention_forward, block_q=block_q, block_k=block_k
-    )
-    return jax.pure_callback(callback, shapes, qs, k, v, vmap_method="broadcast_all")
-
-
 def _jax_backward(qs, k, v, out, lse, dout, block_q, block_k):
     """Gradients wrt (qs, k, v) of the base-2 attention, recomputing tiles: memory linear in L.
 
@@ -193,32 +179,80 @@ def _jax_backward(qs, k, v, out, lse, dout, block_q, block_k):
     return _unblocks(dq, lq), _unblocks(dk, lk), _unblocks(dv, lk)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
-def _blockwise_base2(qs, k, v, block_q, block_k, kernel):
-    return _blockwise_base2_fwd(qs, k, v, block_q, block_k, kernel)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _jax_base2(qs, k, v, block_q, block_k):
+    """Heads-first (G, L, D) base-2 attention by the JAX loops, with the memory-linear backward."""
+    return _jax_forward(qs, k, v, block_q, block_k)[0]
 
 
-def _blockwise_base2_fwd(qs, k, v, block_q, block_k, kernel):
-    forward = _host_forward if kernel == "host" else _jax_forward
-    out, lse = forward(qs, k, v, block_q, block_k)
+def _jax_base2_fwd(qs, k, v, block_q, block_k):
+    out, lse = _jax_forward(qs, k, v, block_q, block_k)
     return out, (qs, k, v, out, lse)
 
 
-def _blockwise_base2_bwd(block_q, block_k, kernel, residuals, dout):
+def _jax_base2_bwd(block_q, block_k, residuals, dout):
+    return _jax_backward(*residuals, dout, block_q, block_k)
+
+
+_jax_base2.defvjp(_jax_base2_fwd, _jax_base2_bwd)
+
+
+def _host_forward(qs, k, v, block_q, block_k):
+    """(B, L, H, D) float32 in place of :func:`_jax_forward`: the numba host kernel reads the
+    model's layout directly. Returns out (B, L, H, D) and the base-2 lse (B, H, L)."""
+    from . import _host_attention
+
+    b, lq, h, _ = qs.shape
+    shapes = (
+        jax.ShapeDtypeStruct(qs.shape, jnp.float32),
+        jax.ShapeDtypeStruct((b, h, lq), jnp.float32),
+    )
+    callback = functools.partial(
+        _host_attention.attention_forward, layout="bshd", block_q=block_q, block_k=block_k
+    )
+    return jax.pure_callback(callback, shapes, qs, k, v, vmap_method="broadcast_all")
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _host_base2(qs, k, v, block_q, block_k):
+    """(B, L, H, D) base-2 attention by the host kernel; backward by the JAX loops."""
+    return _host_forward(qs, k, v, block_q, block_k)[0]
+
+
+def _host_base2_fwd(qs, k, v, block_q, block_k):
+    out, lse = _host_forward(qs, k, v, block_q, block_k)
+    return out, (qs, k, v, out, lse)
+
+
+def _host_base2_bwd(block_q, block_k, residuals, dout):
     qs, k, v, out, lse = residuals
-    bq = DEFAULT_JAX_BLOCK_Q if kernel == "host" else block_q
-    bk = DEFAULT_JAX_BLOCK_K if kernel == "host" else block_k
-    return _jax_backward(qs, k, v, out, lse, dout, bq, bk)
+    b, lq, h, d = qs.shape
+    grads = _jax_backward(
+        _heads_first(qs),
+        _heads_first(k),
+        _heads_first(v),
+        _heads_first(out),
+        lse.reshape(b * h, lq),
+        _heads_first(dout),
+        DEFAULT_JAX_BLOCK_Q,
+        DEFAULT_JAX_BLOCK_K,
+    )
+    return tuple(g.reshape(b, h, -1, d).transpose(0, 2, 1, 3) for g in grads)
 
 
-_blockwise_base2.defvjp(_blockwise_base2_fwd, _blockwise_base2_bwd)
+_host_base2.defvjp(_host_base2_fwd, _host_base2_bwd)
 
 
 def _blockwise_attention(q, k, v, scale, block_q, block_k, kernel):
     """Blockwise attention of (B, L, H, D) arrays, computed in float32, returned in q.dtype."""
     b, lq, h, d = q.shape
-    qs = _heads_first(q) * jnp.float32(scale * _LOG2E)
-    out = _blockwise_base2(qs, _heads_first(k), _heads_first(v), block_q, block_k, kernel)
+    factor = jnp.float32(scale * _LOG2E)
+    if kernel == "host":
+        qs = q.astype(jnp.float32) * factor
+        out = _host_base2(qs, k.astype(jnp.float32), v.astype(jnp.float32), block_q, block_k)
+        return out.astype(q.dtype)
+    qs = _heads_first(q) * factor
+    out = _jax_base2(qs, _heads_first(k), _heads_first(v), block_q, block_k)
     return out.reshape(b, h, lq, d).transpose(0, 2, 1, 3).astype(q.dtype)
 
 
