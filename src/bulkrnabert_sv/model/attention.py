@@ -179,22 +179,30 @@ def _jax_backward(qs, k, v, out, lse, dout, block_q, block_k):
     return _unblocks(dq, lq), _unblocks(dk, lk), _unblocks(dv, lk)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def _jax_base2(qs, k, v, block_q, block_k):
-    """Heads-first (G, L, D) base-2 attention by the JAX loops, with the memory-linear backward."""
-    return _jax_forward(qs, k, v, block_q, block_k)[0]
+def _with_recomputing_backward(forward, backward):
+    """A :func:`jax.custom_vjp` attention ``f(qs, k, v, block_q, block_k) -> out``.
+
+    ``forward`` returns ``(out, lse)``; ``backward(block_q, block_k, residuals, dout)`` gets the
+    residuals ``(qs, k, v, out, lse)`` and recomputes the tiles (memory linear in L).
+    """
+
+    @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+    def attention(qs, k, v, block_q, block_k):
+        return forward(qs, k, v, block_q, block_k)[0]
+
+    def attention_fwd(qs, k, v, block_q, block_k):
+        out, lse = forward(qs, k, v, block_q, block_k)
+        return out, (qs, k, v, out, lse)
+
+    attention.defvjp(attention_fwd, backward)
+    return attention
 
 
-def _jax_base2_fwd(qs, k, v, block_q, block_k):
-    out, lse = _jax_forward(qs, k, v, block_q, block_k)
-    return out, (qs, k, v, out, lse)
-
-
-def _jax_base2_bwd(block_q, block_k, residuals, dout):
-    return _jax_backward(*residuals, dout, block_q, block_k)
-
-
-_jax_base2.defvjp(_jax_base2_fwd, _jax_base2_bwd)
+#: Heads-first (G, L, D) base-2 attention by the JAX loops.
+_jax_base2 = _with_recomputing_backward(
+    _jax_forward,
+    lambda block_q, block_k, residuals, dout: _jax_backward(*residuals, dout, block_q, block_k),
+)
 
 
 def _host_forward(qs, k, v, block_q, block_k):
@@ -213,18 +221,8 @@ def _host_forward(qs, k, v, block_q, block_k):
     return jax.pure_callback(callback, shapes, qs, k, v, vmap_method="broadcast_all")
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def _host_base2(qs, k, v, block_q, block_k):
-    """(B, L, H, D) base-2 attention by the host kernel; backward by the JAX loops."""
-    return _host_forward(qs, k, v, block_q, block_k)[0]
-
-
-def _host_base2_fwd(qs, k, v, block_q, block_k):
-    out, lse = _host_forward(qs, k, v, block_q, block_k)
-    return out, (qs, k, v, out, lse)
-
-
-def _host_base2_bwd(block_q, block_k, residuals, dout):
+def _host_backward(block_q, block_k, residuals, dout):
+    """The JAX-loop backward of the (B, L, H, D) host attention (its tile sizes, not the host's)."""
     qs, k, v, out, lse = residuals
     b, lq, h, d = qs.shape
     grads = _jax_backward(
@@ -240,7 +238,8 @@ def _host_base2_bwd(block_q, block_k, residuals, dout):
     return tuple(g.reshape(b, h, -1, d).transpose(0, 2, 1, 3) for g in grads)
 
 
-_host_base2.defvjp(_host_base2_fwd, _host_base2_bwd)
+#: (B, L, H, D) base-2 attention by the host kernel; backward by the JAX loops.
+_host_base2 = _with_recomputing_backward(_host_forward, _host_backward)
 
 
 def _blockwise_attention(q, k, v, scale, block_q, block_k, kernel):
