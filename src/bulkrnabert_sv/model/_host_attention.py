@@ -24,9 +24,10 @@ Both share the softmax scheme:
 * independent (head, query block) tasks spread over one Python thread per core (the kernels
   release the GIL).
 
-Inputs are heads-first, ``(G, L, D)`` float32 with the queries already multiplied by
-``scale * log2(e)``; outputs are the attention output ``(G, Lq, D)`` and the base-2 log-sum-exp
-``(G, Lq)`` of the scaled logits, which the backward pass (in JAX) uses.
+Inputs are float32, heads-first ``(G, L, D)`` or the model's own ``(B, L, H, D)``, with the
+queries already multiplied by ``scale * log2(e)``; outputs are the attention output (shaped as the
+queries) and the base-2 log-sum-exp of the scaled logits, ``(G, Lq)`` or ``(B, H, Lq)``, which the
+backward pass (in JAX) uses.
 
 The module imports without numba; :func:`available` says whether the kernel can run.
 """
@@ -39,6 +40,8 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+
+from ._simd_kernels import EXP2_COEFFICIENTS
 
 try:  # numba is a dependency of scanpy, hence of this package, but keep the import soft.
     import numba
@@ -92,14 +95,9 @@ if _HAVE_NUMBA:
     _FASTMATH = {"nsz", "reassoc", "contract", "arcp", "afn"}  # no nnan/ninf: NaN stays NaN
     _T = np.float32(THRESHOLD)
     _T_SUM = np.float32(2.0**THRESHOLD)
-    # Least-squares fit of 2**f on [-1/2, 1/2] (Chebyshev nodes), degree 6: rel. error 2.6e-9.
-    _C0 = np.float32(1.0)
-    _C1 = np.float32(0.69314718)
-    _C2 = np.float32(0.24022651)
-    _C3 = np.float32(0.055503272)
-    _C4 = np.float32(0.0096180253)
-    _C5 = np.float32(0.0013400437)
-    _C6 = np.float32(0.00015469737)
+    # Least-squares fit of 2**f on [-1/2, 1/2] (Chebyshev nodes), degree 6: rel. error 2.6e-9;
+    # the same coefficients as the vector kernels'.
+    _C0, _C1, _C2, _C3, _C4, _C5, _C6 = (np.float32(c) for c in EXP2_COEFFICIENTS)
 
     @intrinsic
     def _f32_bits(typingctx, x):

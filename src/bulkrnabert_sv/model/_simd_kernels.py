@@ -18,8 +18,9 @@ the 16 vector registers of an AVX2 core instead, as a GEMM micro-kernel does:
 The kernels are :func:`numba.extending.intrinsic` functions, inlined into the numba code that
 calls them, and they are specialised at build time for the head dimension and the row count.
 
-``exp2`` here: ``n = rint(x)``, ``f = x - n`` in ``[-1/2, 1/2]``, ``2**f`` by the degree-6 fit of
-:mod:`._host_attention` (relative error below 3e-9), and ``2**n`` added to the exponent bits.
+``exp2`` here: ``n = rint(x)``, ``f = x - n`` in ``[-1/2, 1/2]``, ``2**f`` by the degree-6 fit
+:data:`EXP2_COEFFICIENTS` (shared with the scalar code of :mod:`._host_attention`; relative error
+below 3e-9), and ``2**n`` added to the exponent bits.
 Inputs are clamped to ``[-125, THRESHOLD]`` first (NaN stays NaN), so the result is always a
 normal float32.
 """
@@ -41,7 +42,8 @@ except ImportError:  # pragma: no cover - exercised only without numba
 #: Keys per panel: two 8-lane AVX vectors.
 PANEL = 16
 LANES = 8
-#: Degree-6 polynomial for 2**f on [-1/2, 1/2], lowest degree first (as in _host_attention).
+#: Degree-6 polynomial for 2**f on [-1/2, 1/2] (least squares at Chebyshev nodes), lowest degree
+#: first; also used by the scalar code of _host_attention.
 EXP2_COEFFICIENTS = (
     1.0,
     0.69314718,
