@@ -41,7 +41,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from ._simd_kernels import EXP2_COEFFICIENTS
+from ._simd_kernels import EXP2_COEFFICIENTS, EXP2_MIN
 
 try:  # numba is a dependency of scanpy, hence of this package, but keep the import soft.
     import numba
@@ -98,6 +98,7 @@ if _HAVE_NUMBA:
     # Least-squares fit of 2**f on [-1/2, 1/2] (Chebyshev nodes), degree 6: rel. error 2.6e-9;
     # the same coefficients as the vector kernels'.
     _C0, _C1, _C2, _C3, _C4, _C5, _C6 = (np.float32(c) for c in EXP2_COEFFICIENTS)
+    _EXP2_MIN = np.float32(EXP2_MIN)
 
     @intrinsic
     def _f32_bits(typingctx, x):
@@ -125,7 +126,7 @@ if _HAVE_NUMBA:
 
     @numba.njit(fastmath=_FASTMATH, inline="always")
     def _exp2(x):
-        x = max(x, _F32(-125.0))
+        x = max(x, _EXP2_MIN)
         n = np.floor(x + _F32(0.5))
         f = x - n
         p = _C6
@@ -157,6 +158,18 @@ if _HAVE_NUMBA:
         for i in range(s.shape[0]):
             m[i], denom[i] = _softmax_row_first(s[i])
 
+    @numba.njit(nogil=True, inline="always")
+    def _accept_row_sum(i, total, denom, flagged):
+        # A block's row sum reaches 2**THRESHOLD exactly when a logit exceeded the row's shift by
+        # THRESHOLD (clamped there): flag the row for the rescale path, which redoes its sum.
+        # Otherwise add the sum to the row's denominator. Returns 1 if flagged.
+        if total >= _T_SUM:
+            flagged[i] = True
+            return 1
+        flagged[i] = False
+        denom[i] += total
+        return 0
+
     @numba.njit(nogil=True, fastmath=_FASTMATH, cache=True)
     def _softmax_next(s, m, denom, flagged):
         # Later key blocks: one fused pass with the row's current shift; rows whose sum reaches
@@ -170,12 +183,7 @@ if _HAVE_NUMBA:
                 p = _exp2(min(s[i, j] - shift, _T))
                 s[i, j] = p
                 total += p
-            if total >= _T_SUM:
-                flagged[i] = True
-                count += 1
-            else:
-                flagged[i] = False
-                denom[i] += total
+            count += _accept_row_sum(i, total, denom, flagged)
         return count
 
     @numba.njit(nogil=True, fastmath=_FASTMATH, cache=True)
@@ -273,7 +281,6 @@ def _simd_tasks(head_dim: int):
     qk_exp = sk.make_qk_kernel(head_dim, rows_qk, "exp", THRESHOLD)
     qk_exp_full = sk.make_qk_kernel(head_dim, rows_qk, "exp_full", THRESHOLD)
     pv = sk.make_pv_kernel(head_dim, rows_pv)
-    t_sum = _T_SUM
 
     @numba.njit(nogil=True)
     def tasks(
@@ -382,12 +389,7 @@ def _simd_tasks(head_dim: int):
                             total = np.float32(0.0)
                             for c in range(lanes):
                                 total += sums[i * lanes + c]
-                            if total >= t_sum:
-                                flagged[i] = True
-                                count += 1
-                            else:
-                                flagged[i] = False
-                                denom[i] += total
+                            count += _accept_row_sum(i, total, denom, flagged)
                         if count > 0:  # rare: unpack this block's keys for the rescale path
                             for j in range(w):
                                 at = k_off + (j // panel) * panel * d + j % panel
