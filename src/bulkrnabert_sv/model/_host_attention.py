@@ -273,14 +273,15 @@ def _simd_tasks(head_dim: int):
     """
     from . import _simd_kernels as sk
 
-    rows_qk = 4
-    rows_pv = sk.pv_rows(head_dim)
+    rows_qk = sk.QK_ROWS
+    rows_pv, width_pv = sk.pv_shape(head_dim)
+    chunk = sk.key_chunk(head_dim)
     panel = sk.PANEL
     lanes = sk.LANES
     qk_raw = sk.make_qk_kernel(head_dim, rows_qk, "raw", THRESHOLD)
     qk_exp = sk.make_qk_kernel(head_dim, rows_qk, "exp", THRESHOLD)
     qk_exp_full = sk.make_qk_kernel(head_dim, rows_qk, "exp_full", THRESHOLD)
-    pv = sk.make_pv_kernel(head_dim, rows_pv)
+    pv = sk.make_pv_kernel(head_dim, rows_pv, width_pv)
 
     @numba.njit(nogil=True)
     def tasks(
@@ -340,35 +341,41 @@ def _simd_tasks(head_dim: int):
                 full = w - w % panel
                 for t in range(n_tiles):
                     r0 = t * tile_q
+                    r1 = r0 + tile_q
+                    # Q K^T one chunk of keys at a time, so that its panels stay in L1 over all
+                    # the tile's rows.
                     if j0 == 0:
-                        for i in range(r0, r0 + tile_q, rows_qk):
-                            for jj in range(0, w, panel):
-                                p_off = (i - r0) * block_k + jj
-                                qk_raw(q_flat, i * d, d, kp, k_off + jj * d, probs, p_off, block_k)
+                        for c0 in range(0, w, chunk):
+                            for i in range(r0, r1, rows_qk):
+                                for jj in range(c0, min(c0 + chunk, w), panel):
+                                    p_off = (i - r0) * block_k + jj
+                                    qk_raw(q_flat, i * d, d, kp, k_off + jj * d, probs, p_off, block_k)
                         for i in range(tile_q):
                             row = probs[i * block_k : i * block_k + w]
                             m[r0 + i], denom[r0 + i] = _softmax_row_first(row)
                     else:
-                        sums[r0 * lanes : (r0 + tile_q) * lanes] = 0.0
-                        for i in range(r0, r0 + tile_q, rows_qk):
-                            p_row = (i - r0) * block_k
-                            for jj in range(0, full, panel):
-                                qk_exp_full(
-                                    q_flat,
-                                    i * d,
-                                    d,
-                                    kp,
-                                    k_off + jj * d,
-                                    probs,
-                                    p_row + jj,
-                                    block_k,
-                                    m,
-                                    i,
-                                    sums,
-                                    i * lanes,
-                                    panel,
-                                )
-                            if full < w:
+                        sums[r0 * lanes : r1 * lanes] = 0.0
+                        for c0 in range(0, full, chunk):
+                            for i in range(r0, r1, rows_qk):
+                                p_row = (i - r0) * block_k
+                                for jj in range(c0, min(c0 + chunk, full), panel):
+                                    qk_exp_full(
+                                        q_flat,
+                                        i * d,
+                                        d,
+                                        kp,
+                                        k_off + jj * d,
+                                        probs,
+                                        p_row + jj,
+                                        block_k,
+                                        m,
+                                        i,
+                                        sums,
+                                        i * lanes,
+                                        panel,
+                                    )
+                        if full < w:
+                            for i in range(r0, r1, rows_qk):
                                 qk_exp(
                                     q_flat,
                                     i * d,
@@ -376,7 +383,7 @@ def _simd_tasks(head_dim: int):
                                     kp,
                                     k_off + full * d,
                                     probs,
-                                    p_row + full,
+                                    (i - r0) * block_k + full,
                                     block_k,
                                     m,
                                     i,
@@ -385,7 +392,7 @@ def _simd_tasks(head_dim: int):
                                     w - full,
                                 )
                         count = 0
-                        for i in range(r0, r0 + tile_q):
+                        for i in range(r0, r1):
                             total = np.float32(0.0)
                             for c in range(lanes):
                                 total += sums[i * lanes + c]
@@ -395,7 +402,7 @@ def _simd_tasks(head_dim: int):
                                 at = k_off + (j // panel) * panel * d + j % panel
                                 for c in range(d):
                                     k_tile[j, c] = kp[at + c * panel]
-                            rows = slice(r0, r0 + tile_q)
+                            rows = slice(r0, r1)
                             _fix_rows(
                                 probs2[:, :w],
                                 q_tile[rows],
@@ -405,18 +412,24 @@ def _simd_tasks(head_dim: int):
                                 flagged[rows],
                                 acc[rows],
                             )
-                    for i in range(0, tile_q, rows_pv):
-                        pv(
-                            probs,
-                            i * block_k,
-                            block_k,
-                            v,
-                            v_off,
-                            v_strides[2],
-                            acc_flat,
-                            (r0 + i) * d,
-                            w,
-                        )
+                    # P V by the same key chunks (their values stay in L1), one column slice of
+                    # the accumulators at a time.
+                    for c0 in range(0, w, chunk):
+                        keys = min(chunk, w - c0)
+                        v_chunk = v_off + c0 * v_strides[2]
+                        for col in range(0, d, width_pv):
+                            for i in range(0, tile_q, rows_pv):
+                                pv(
+                                    probs,
+                                    i * block_k + c0,
+                                    block_k,
+                                    v,
+                                    v_chunk + col,
+                                    v_strides[2],
+                                    acc_flat,
+                                    (r0 + i) * d + col,
+                                    keys,
+                                )
             for i in range(n):
                 inv = np.float32(1.0) / denom[i]
                 row = q_base + (i0 + i) * q_strides[2]
@@ -443,10 +456,10 @@ def _blas_single_thread():
 
 KERNELS = ("auto", "simd", "blas")
 #: Default tiles per kernel: (query rows per task, keys per tile).
-DEFAULT_BLOCKS = {"simd": (256, 512), "blas": (256, 512)}
-#: Query rows of one probability tile of the ``"simd"`` kernel: a 64 x 512 float32 tile is
-#: 128 KiB, a quarter of a 512 KiB L2 cache, next to one key block's panels and values.
-SIMD_TILE_ROWS = 64
+DEFAULT_BLOCKS = {"simd": (240, 512), "blas": (256, 512)}
+#: Query rows of one probability tile of the ``"simd"`` kernel: a 48 x 512 float32 tile is
+#: 96 KiB, a fifth of a 512 KiB L2 cache, next to one key block's panels and values.
+SIMD_TILE_ROWS = 48
 
 
 def resolve_kernel(kernel: str | None, head_dim: int) -> str:
@@ -510,7 +523,7 @@ def attention_forward(
         ``"heads_first"`` or ``"bshd"``.
     block_q, block_k
         Tile sizes (default: :data:`DEFAULT_BLOCKS` of the kernel). The ``"simd"`` kernel rounds
-        them up to multiples of 8 and 16.
+        them up to multiples of 12 (up to 48, then of 48) and 16.
     threads
         Worker threads (default :func:`num_threads`).
     kernel
@@ -580,7 +593,7 @@ def attention_forward(
 
     from . import _simd_kernels
 
-    tile_q = min(_round_up(block_q, 8), SIMD_TILE_ROWS)
+    tile_q = min(_round_up(block_q, _simd_kernels.TILE_ROWS_MULTIPLE), SIMD_TILE_ROWS)
     block_q = _round_up(block_q, tile_q)
     block_k = _round_up(block_k, _simd_kernels.PANEL)
     # Keys become panels and values heads-first rows: both are streamed once per query block, and
