@@ -349,7 +349,9 @@ def _simd_tasks(head_dim: int):
                             for i in range(r0, r1, rows_qk):
                                 for jj in range(c0, min(c0 + chunk, w), panel):
                                     p_off = (i - r0) * block_k + jj
-                                    qk_raw(q_flat, i * d, d, kp, k_off + jj * d, probs, p_off, block_k)
+                                    qk_raw(
+                                        q_flat, i * d, d, kp, k_off + jj * d, probs, p_off, block_k
+                                    )
                         for i in range(tile_q):
                             row = probs[i * block_k : i * block_k + w]
                             m[r0 + i], denom[r0 + i] = _softmax_row_first(row)
