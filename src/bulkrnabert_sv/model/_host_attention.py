@@ -608,6 +608,29 @@ def attention_forward(
 
     from . import _simd_kernels
 
+    if layout == "bshd" and batch > 1:
+        # One sample at a time: the key panels and the values' copy then take the memory of one
+        # sample, not of the batch.
+        for flat, (q_i, k_i, v_i) in enumerate(
+            zip(
+                q.reshape(batch, lq, heads, d),
+                k.reshape(batch, lk, heads, d),
+                v.reshape(batch, lk, heads, d),
+            )
+        ):
+            index = np.unravel_index(flat, lead)
+            out[index], lse[index] = attention_forward(
+                q_i,
+                k_i,
+                v_i,
+                layout="bshd",
+                block_q=block_q,
+                block_k=block_k,
+                threads=threads,
+                kernel="simd",
+            )
+        return out, lse
+
     tile_q = min(_round_up(block_q, _simd_kernels.TILE_ROWS_MULTIPLE), SIMD_TILE_ROWS)
     block_q = _round_up(block_q, tile_q)
     block_k = _round_up(block_k, _simd_kernels.PANEL)
