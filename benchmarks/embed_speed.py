@@ -16,6 +16,9 @@ then ``--repeats`` times, and reports:
   the steadier figure when the machine is noisy; ``ratio`` is the one the goal is stated in;
 * ``peak RSS``: the subprocess's peak resident memory (``VmHWM``), i.e. per batch size; the
   high-water mark is reset after each in-between GEMM so that its 192 MB of matrices do not count;
+* ``+MiB/sample``: on CPU, how far one timed run raised the resident memory above what the process
+  held just before it, divided by the batch size (the largest over the repeats): the memory the
+  forward pass itself needs per sample, which should not grow with the batch size;
 * ``1st call s``: compilation plus the first run;
 * ``CPU s/sample``: process CPU time (all threads) of the fastest repeat, per sample; on an idle
   machine about ``cores x s/sample``, and a check on timings taken while other work shares the
@@ -69,6 +72,17 @@ def peak_rss_mib() -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def current_rss_mib() -> float:
+    """Resident set size of this process now, in MiB (VmRSS; NaN where unavailable)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
 
 
 def reset_peak_rss() -> None:
@@ -177,16 +191,18 @@ def run_child(args) -> dict:
     load_before = os.getloadavg()[0]
     flops = model_flops(cfg, batch)
     on_cpu = jax.default_backend() == "cpu"
-    best, best_cpu, gemm_cpu, pairs = float("inf"), float("inf"), 0.0, []
+    best, best_cpu, gemm_cpu, pairs, growth = float("inf"), float("inf"), 0.0, [], []
     peak = peak_rss_mib()  # imports, compilation and the first run
     for _ in range(args.repeats):
         if on_cpu:  # the machine's GEMM rate just before this repeat
             gemm_now = gemm_rates(repeats=2, include_jax=False)["numpy_float32"]
             gemm_cpu = max(gemm_cpu, gemm_now)
             reset_peak_rss()
+        resting = current_rss_mib()
         seconds, cpu_seconds = _best_times(lambda: embed(state, tokens).block_until_ready(), 1)
         best, best_cpu = min(best, seconds), min(best_cpu, cpu_seconds)
         peak = max(peak, peak_rss_mib())
+        growth.append((peak_rss_mib() - resting) / batch)
         if on_cpu:
             pairs.append(flops / seconds / 1e9 / gemm_now)
     if on_cpu:
@@ -205,6 +221,7 @@ def run_child(args) -> dict:
         gflop=flops / 1e9,
         model_gflops=flops / best / 1e9,
         peak_rss_mib=peak,
+        rss_growth_per_sample_mib=max(growth) if on_cpu and growth else float("nan"),
     )
     if args.save_embedding:
         np.save(args.save_embedding, np.asarray(first, np.float32))
@@ -287,7 +304,8 @@ def main(argv=None) -> None:
     )
     header = (
         f"{'batch':>5} {'dtype':>8} {'attention':>20} {'s/sample':>9} {'model GF/s':>10} "
-        f"{'GEMM GF/s':>9} {'ratio':>6} {'paired':>6} {'peak RSS MiB':>12} {'1st call s':>10} "
+        f"{'GEMM GF/s':>9} {'ratio':>6} {'paired':>6} {'peak RSS MiB':>12} {'+MiB/sample':>11} "
+        f"{'1st call s':>10} "
         f"{'CPU s/sample':>12} {'load':>9}"
     )
     print(header)
@@ -300,7 +318,8 @@ def main(argv=None) -> None:
             f"{row['batch']:>5} {row['dtype']:>8} {row['implementation']:>20} "
             f"{row['seconds_per_sample']:>9.2f} {row['model_gflops']:>10.1f} {ref:>9.1f} "
             f"{row['ratio']:>6.2f} {row.get('paired_ratio', float('nan')):>6.2f} "
-            f"{row['peak_rss_mib']:>12.0f} {row['first_call_s']:>10.1f} "
+            f"{row['peak_rss_mib']:>12.0f} {row['rss_growth_per_sample_mib']:>11.0f} "
+            f"{row['first_call_s']:>10.1f} "
             f"{row['cpu_seconds_per_sample']:>12.2f} "
             f"{row['load_before']:>4.1f}/{row['load_after']:<4.1f}"
         )
