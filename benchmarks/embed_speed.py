@@ -61,14 +61,22 @@ def model_flops(config, batch: int) -> int:
     return total
 
 
-def peak_rss_mib() -> float:
-    """Peak resident set size of this process in MiB (VmHWM, else ru_maxrss)."""
+def _proc_status_mib(field: str) -> float | None:
+    """A memory field of ``/proc/self/status`` (e.g. ``"VmHWM"``) in MiB; None where unavailable."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
+    return None
+
+
+def peak_rss_mib() -> float:
+    """Peak resident set size of this process in MiB (VmHWM, else ru_maxrss)."""
+    peak = _proc_status_mib("VmHWM")
+    if peak is not None:
+        return peak
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -76,13 +84,8 @@ def peak_rss_mib() -> float:
 
 def current_rss_mib() -> float:
     """Resident set size of this process now, in MiB (VmRSS; NaN where unavailable)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return float("nan")
+    rss = _proc_status_mib("VmRSS")
+    return float("nan") if rss is None else rss
 
 
 def reset_peak_rss() -> None:
