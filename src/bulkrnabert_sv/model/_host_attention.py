@@ -638,7 +638,8 @@ def attention_forward(
     # rows H * D apart would thrash the caches. Queries and outputs are used in place.
     if layout == "bshd":
         k_heads_first = np.moveaxis(k.reshape(batch, lk, heads, d), 2, 1)
-        v_heads_first = np.ascontiguousarray(np.moveaxis(v.reshape(batch, lk, heads, d), 2, 1))
+        v_heads_first = _simd_kernels.aligned_empty((batch, heads, lk, d))
+        v_heads_first[...] = np.moveaxis(v.reshape(batch, lk, heads, d), 2, 1)
         q_strides = np.array([lq * heads * d, d, heads * d], np.int64)
     else:
         k_heads_first, v_heads_first = k, v
