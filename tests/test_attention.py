@@ -121,6 +121,21 @@ def test_host_kernel_rescales_rows_with_late_large_logits(kernel):
         assert np.isfinite(out).all()
 
 
+@pytest.mark.parametrize("length", [1, 15, 16, 17, 300])
+def test_key_panels_are_zero_padded_transposed_and_aligned(length):
+    """Panel p of group g holds keys 16 p .. 16 p + 15 as columns, zeros past the end, and the
+    buffer starts on a cache line (the kernels' 32-byte loads must not split lines)."""
+    rng = np.random.default_rng(length)
+    k = rng.standard_normal((3, length, 8), dtype=np.float32)
+    padded_length = -(-length // 16) * 16 + 16  # one whole panel of padding more
+    panels = _simd_kernels.pack_key_panels(k, padded_length)
+    assert panels.ctypes.data % 64 == 0
+    panels = panels.reshape(3, padded_length // 16, 8, 16)
+    keys = panels.transpose(0, 1, 3, 2).reshape(3, padded_length, 8)
+    np.testing.assert_array_equal(keys[:, :length], k)
+    assert not keys[:, length:].any()
+
+
 @needs_host
 @pytest.mark.parametrize("kernel", HOST_KERNELS)
 def test_host_kernel_keeps_tiny_and_underflowing_weights_exact(kernel):
