@@ -486,13 +486,13 @@ def _round_up(value: int, multiple: int) -> int:
 
 
 #: Interleaved task sets per worker thread (see :func:`_run_tasks`).
-CHUNKS_PER_THREAD = 32
+TASK_SETS_PER_THREAD = 32
 
 
 def _run_tasks(function, args: tuple, tasks: int, threads: int | None) -> None:
     """Run ``function(*args, first, step)`` (tasks ``first, first + step, ...``) on the workers.
 
-    The tasks are split into ``CHUNKS_PER_THREAD`` interleaved sets per thread, queued, and each
+    The tasks are split into ``TASK_SETS_PER_THREAD`` interleaved sets per thread, queued, and each
     idle thread takes the next set, so that a thread slowed by other work on the machine takes
     fewer of them. Sets are interleaved rather than contiguous so that the threads work on the
     same head at the same time and share its keys and values in the last-level cache (contiguous
@@ -507,7 +507,7 @@ def _run_tasks(function, args: tuple, tasks: int, threads: int | None) -> None:
             return
         if _POOL is None or _POOL._max_workers < workers:
             _POOL = ThreadPoolExecutor(workers, thread_name_prefix="bulkrnabert-attn")
-        sets = min(tasks, workers * CHUNKS_PER_THREAD)
+        sets = min(tasks, workers * TASK_SETS_PER_THREAD)
         futures = [_POOL.submit(function, *args, first, sets) for first in range(sets)]
         for future in futures:
             future.result()
