@@ -28,6 +28,13 @@ def _reference_base2(q, k, v):
     return np.einsum("gqk,gkd->gqd", p / total, v), (top + np.log2(total))[..., 0]
 
 
+def _host_inputs(seed, groups, lq, lk, head_dim):
+    """Float32 standard-normal heads-first q (groups, lq, D) and k, v (groups, lk, D)."""
+    rng = np.random.default_rng(seed)
+    shapes = ((groups, lq, head_dim), (groups, lk, head_dim), (groups, lk, head_dim))
+    return tuple(rng.standard_normal(shape, dtype=np.float32) for shape in shapes)
+
+
 def _inputs(shape, seed=0, scale=1.0):
     rng = np.random.default_rng(seed)
     return tuple(
@@ -91,10 +98,8 @@ def test_blockwise_matches_xla_forward_and_grads(implementation, shape, blocks):
     ],
 )
 def test_host_kernels_match_float64_reference(kernel, groups, lq, lk, head_dim, blocks):
-    rng = np.random.default_rng(lq + lk)
-    q = rng.standard_normal((groups, lq, head_dim), dtype=np.float32) * 0.4
-    k = rng.standard_normal((groups, lk, head_dim), dtype=np.float32)
-    v = rng.standard_normal((groups, lk, head_dim), dtype=np.float32)
+    q, k, v = _host_inputs(lq + lk, groups, lq, lk, head_dim)
+    q = q * np.float32(0.4)
     out, lse = attention_forward(q, k, v, block_q=blocks[0], block_k=blocks[1], kernel=kernel)
     want_out, want_lse = _reference_base2(q, k, v)
     assert out.shape == q.shape and out.dtype == np.float32
@@ -106,10 +111,7 @@ def test_host_kernels_match_float64_reference(kernel, groups, lq, lk, head_dim, 
 @pytest.mark.parametrize("kernel", HOST_KERNELS)
 def test_host_kernel_rescales_rows_with_late_large_logits(kernel):
     """Rows whose maximum arrives after the first key block (by far) take the rescale path."""
-    rng = np.random.default_rng(1)
-    q = rng.standard_normal((2, 150, 32), dtype=np.float32)
-    k = rng.standard_normal((2, 3000, 32), dtype=np.float32)
-    v = rng.standard_normal((2, 3000, 32), dtype=np.float32)
+    q, k, v = _host_inputs(1, 2, 150, 3000, 32)
     k[:, 2500] *= 40.0  # logits of hundreds (base 2), far above the first block's maximum
     k[:, 1200] *= 8.0
     k[:, 2999] *= 60.0  # and in the last, partial panel
@@ -140,10 +142,7 @@ def test_key_panels_are_zero_padded_transposed_and_aligned(length):
 @pytest.mark.parametrize("kernel", HOST_KERNELS)
 def test_host_kernel_keeps_tiny_and_underflowing_weights_exact(kernel):
     """Logits far below the row maximum underflow to (almost) zero weight, never to garbage."""
-    rng = np.random.default_rng(2)
-    q = rng.standard_normal((1, 40, 16), dtype=np.float32)
-    k = rng.standard_normal((1, 900, 16), dtype=np.float32)
-    v = rng.standard_normal((1, 900, 16), dtype=np.float32)
+    q, k, v = _host_inputs(2, 1, 40, 900, 16)
     k[:, :10] *= 30.0  # the first block holds logits far above and far below the rest
     out, lse = attention_forward(q, k, v, block_q=8, block_k=64, kernel=kernel)
     want_out, want_lse = _reference_base2(q, k, v)
@@ -154,10 +153,7 @@ def test_host_kernel_keeps_tiny_and_underflowing_weights_exact(kernel):
 @needs_host
 @pytest.mark.parametrize("kernel", HOST_KERNELS)
 def test_host_kernel_propagates_nan_to_its_row_only(kernel):
-    rng = np.random.default_rng(3)
-    q = rng.standard_normal((2, 70, 8), dtype=np.float32)
-    k = rng.standard_normal((2, 90, 8), dtype=np.float32)
-    v = rng.standard_normal((2, 90, 8), dtype=np.float32)
+    q, k, v = _host_inputs(3, 2, 70, 90, 8)
     q[1, 33, 4] = np.nan
     out, lse = attention_forward(q, k, v, block_q=16, block_k=32, kernel=kernel)
     assert np.isnan(out[1, 33]).all() and np.isnan(lse[1, 33])
