@@ -123,6 +123,41 @@ def test_host_kernel_rescales_rows_with_late_large_logits(kernel):
         assert np.isfinite(out).all()
 
 
+@needs_host
+def test_clamp_free_exp2_only_where_the_logit_bound_allows():
+    """The simd kernel drops its clamp for tiles whose |q| max|k| bound keeps s - m in range."""
+    ok = _host_attention._exp2_needs_no_clamp
+    above, below = _host_attention.UNCLAMPED_ABOVE, _host_attention.UNCLAMPED_BELOW
+    q_norm = np.array([2.0, 5.0, 1.0], np.float32)
+    assert ok(q_norm, 4.0, np.array([3.0, 10.0, -1.0], np.float32))
+    # 5 * 21 - 10 = 95 <= 100 above; 5 * 21 + 10 = 115 <= 120 below
+    assert ok(q_norm, 21.0, np.array([3.0, 10.0, 0.0], np.float32))
+    assert not ok(q_norm, 23.0, np.array([3.0, 10.0, 0.0], np.float32))  # 125 > 120
+    assert not ok(q_norm, (above + 1.0) / 5.0, np.zeros(3, np.float32))
+    assert not ok(q_norm, (below + 1.0) / 5.0 / 2.0, np.array([0.0, below / 2, 0.0], np.float32))
+    assert not ok(np.array([np.nan], np.float32), 1.0, np.zeros(1, np.float32))
+    assert not ok(q_norm, np.inf, np.zeros(3, np.float32))
+
+
+@needs_host
+@pytest.mark.skipif(not HAS_SIMD, reason="no AVX2/FMA")
+def test_simd_kernel_mixes_clamped_and_clamp_free_tiles_exactly():
+    """A late key far above the first block's maximum (flagged, rescaled) in tiles that skip the
+    clamp, next to a tile whose large queries force the clamped path: all rows exact."""
+    q, k, v = _host_inputs(7, 2, 300, 2000, 32)
+    k[:, 1500] = q[:, 5] * (12.0 / np.linalg.norm(q[:, 5], axis=-1, keepdims=True))
+    q[:, 200:248] *= 8.0  # one 48-row tile beyond the bound
+    bound = np.linalg.norm(q, axis=-1) * np.linalg.norm(k, axis=-1).max(-1, keepdims=True)
+    assert (bound[:, :192] < 90).all() and (bound[:, 200:248] > 120).all()
+    want_out, want_lse = _reference_base2(q, k, v)
+    first_block_max = (q[:, :192] @ k[:, :512].transpose(0, 2, 1)).max(-1)
+    late_logit = np.einsum("gd,gd->g", q[:, 5], k[:, 1500])
+    assert (late_logit - first_block_max[:, 5] > 40).all()
+    out, lse = attention_forward(q, k, v, block_q=96, block_k=512, kernel="simd")
+    np.testing.assert_allclose(out, want_out, rtol=0, atol=2e-5)
+    np.testing.assert_allclose(lse, want_lse, rtol=2e-6, atol=1e-5)
+
+
 @pytest.mark.parametrize("length", [1, 15, 16, 17, 300])
 def test_key_panels_are_zero_padded_transposed_and_aligned(length):
     """Panel p of group g holds keys 16 p .. 16 p + 15 as columns, zeros past the end, and the

@@ -21,6 +21,9 @@ Both share the softmax scheme:
   ``2**THRESHOLD``, which is detected for free from the row sum. Shifting by any value not below
   the true maximum minus ``THRESHOLD`` is exact in float32 (no overflow; underflow only below
   ``2**-125`` relative to the largest term);
+* in the ``"simd"`` kernel, no clamp before the ``exp2`` for the probability tiles where the
+  Cauchy-Schwarz bound ``|q_i| max_j |k_j|`` already keeps every shifted logit in range (nearly
+  all of them in practice; two vector operations fewer per 8 logits, about 2% of the time);
 * independent (head, query block) tasks spread over one Python thread per core (the kernels
   release the GIL).
 
@@ -69,6 +72,12 @@ __all__ = [
 
 #: log2 of the largest softmax term allowed before a row is rescaled.
 THRESHOLD = 20.0
+#: Where the Cauchy-Schwarz bound keeps every shifted logit of a tile within
+#: ``[-UNCLAMPED_BELOW, UNCLAMPED_ABOVE]``, the ``"simd"`` kernel skips the clamp before its
+#: ``exp2`` (exact up to 2**126 and down to 2**-125; the margins absorb rounding). Terms above
+#: ``2**THRESHOLD`` still flag their row for the rescale path through the row sum.
+UNCLAMPED_ABOVE = 100.0
+UNCLAMPED_BELOW = 120.0
 _LOCK = threading.Lock()
 _POOL: ThreadPoolExecutor | None = None
 _BLAS_CONTROLLER = None
@@ -213,6 +222,18 @@ if _HAVE_NUMBA:
             denom[i] = denom[i] * corr + total
             m[i] = mx
 
+    @numba.njit(nogil=True, cache=True)
+    def _exp2_needs_no_clamp(q_norm, key_norm, m):
+        # Whether every shifted logit q_i . k_j - m_i of these rows provably lies in
+        # [-UNCLAMPED_BELOW, UNCLAMPED_ABOVE] (Cauchy-Schwarz: |q_i . k_j| <= |q_i| max_j |k_j|),
+        # so that the exp2 needs no clamp. False for NaN or infinite inputs.
+        for i in range(q_norm.shape[0]):
+            bound = np.float64(q_norm[i]) * key_norm
+            shift = np.float64(m[i])
+            if not (bound - shift <= UNCLAMPED_ABOVE and bound + shift <= UNCLAMPED_BELOW):
+                return False
+        return True
+
     @numba.njit(nogil=True, fastmath=_FASTMATH, cache=True)
     def _add_into(acc, tile):
         n, d = tile.shape
@@ -288,6 +309,7 @@ def _simd_tasks(head_dim: int):
         q,
         q_strides,
         kp,
+        key_norms,
         v,
         v_strides,
         out,
@@ -302,7 +324,8 @@ def _simd_tasks(head_dim: int):
         step,
     ):
         # q, v, out: flat float32; q_strides/v_strides: (stride_b, stride_h, stride_l), out has
-        # q's. kp: the key panels (G, lk_pad // 16, D, 16), flat. lse: (G, lq), flat.
+        # q's. kp: the key panels (G, lk_pad // 16, D, 16), flat. key_norms: (G,), the largest
+        # key norm of each group. lse: (G, lq), flat.
         # A task is block_q query rows of one group, done as sub-blocks of tile_q rows per key
         # block, so that each key block (panels and values) is read once per task.
         d = head_dim
@@ -320,6 +343,8 @@ def _simd_tasks(head_dim: int):
         denom = np.empty(block_q, np.float32)
         sums = np.empty(block_q * lanes, np.float32)
         flagged = np.zeros(block_q, np.bool_)
+        q_norm = np.zeros(block_q, np.float32)
+        unclamped = np.zeros((block_q + tile_q - 1) // tile_q, np.bool_)
         for task in range(first, groups * nq, step):
             g = task // nq
             i0 = (task % nq) * block_q
@@ -333,6 +358,11 @@ def _simd_tasks(head_dim: int):
                     q_tile[i, c] = q[row + c]
             if n < block_q:
                 q_tile[n:] = 0.0
+            for i in range(block_q):
+                total = np.float32(0.0)
+                for c in range(d):
+                    total += q_tile[i, c] * q_tile[i, c]
+                q_norm[i] = np.sqrt(total)
             acc[:] = 0.0
             for j0 in range(0, lk, block_k):
                 w = min(block_k, lk - j0)
@@ -355,6 +385,7 @@ def _simd_tasks(head_dim: int):
                         for i in range(tile_q):
                             row = probs[i * block_k : i * block_k + w]
                             m[r0 + i], denom[r0 + i] = _softmax_row_first(row)
+                        unclamped[t] = _exp2_needs_no_clamp(q_norm[r0:r1], key_norms[g], m[r0:r1])
                     else:
                         sums[r0 * lanes : r1 * lanes] = 0.0
                         for c0 in range(0, full, chunk):
@@ -375,6 +406,7 @@ def _simd_tasks(head_dim: int):
                                         sums,
                                         i * lanes,
                                         panel,
+                                        not unclamped[t],
                                     )
                         if full < w:
                             for i in range(r0, r1, rows_qk):
@@ -392,6 +424,7 @@ def _simd_tasks(head_dim: int):
                                     sums,
                                     i * lanes,
                                     w - full,
+                                    not unclamped[t],
                                 )
                         count = 0
                         for i in range(r0, r1):
@@ -413,6 +446,9 @@ def _simd_tasks(head_dim: int):
                                 denom[rows],
                                 flagged[rows],
                                 acc[rows],
+                            )
+                            unclamped[t] = _exp2_needs_no_clamp(
+                                q_norm[rows], key_norms[g], m[rows]
                             )
                     # P V by the same key chunks (their values stay in L1), one column slice of
                     # the accumulators at a time.
@@ -457,8 +493,10 @@ def _blas_single_thread():
 
 
 KERNELS = ("auto", "simd", "blas")
-#: Default tiles per kernel: (query rows per task, keys per tile).
-DEFAULT_BLOCKS = {"simd": (240, 512), "blas": (256, 512)}
+#: Default tiles per kernel: (query rows per task, keys per tile). A ``"simd"`` task reads every
+#: key block of its head from the last-level cache once and then reuses it from L2 for each of its
+#: 48-row tiles: 960 rows (20 tiles) were 3-5% faster than 240 at full size.
+DEFAULT_BLOCKS = {"simd": (960, 512), "blas": (256, 512)}
 #: Query rows of one probability tile of the ``"simd"`` kernel: a 48 x 512 float32 tile is
 #: 96 KiB, a fifth of a 512 KiB L2 cache, next to one key block's panels and values.
 SIMD_TILE_ROWS = 48
@@ -648,10 +686,15 @@ def attention_forward(
     panels = _simd_kernels.pack_key_panels(
         k_heads_first.reshape(groups, lk, d), _round_up(lk, _simd_kernels.PANEL)
     )
+    key_norms = np.sqrt(
+        np.einsum("gld,gld->gl", *(k_heads_first.reshape(groups, lk, d),) * 2).max(axis=1),
+        dtype=np.float64,
+    )
     args = (
         q.reshape(-1),
         q_strides,
         panels,
+        key_norms,
         v_heads_first.reshape(-1),
         v_strides,
         out.reshape(-1),
