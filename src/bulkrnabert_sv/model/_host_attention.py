@@ -447,9 +447,7 @@ def _simd_tasks(head_dim: int):
                                 flagged[rows],
                                 acc[rows],
                             )
-                            unclamped[t] = _exp2_needs_no_clamp(
-                                q_norm[rows], key_norms[g], m[rows]
-                            )
+                            unclamped[t] = _exp2_needs_no_clamp(q_norm[rows], key_norms[g], m[rows])
                     # P V by the same key chunks (their values stay in L1), one column slice of
                     # the accumulators at a time.
                     for c0 in range(0, w, chunk):
