@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -156,6 +160,36 @@ def test_simd_kernel_mixes_clamped_and_clamp_free_tiles_exactly():
     out, lse = attention_forward(q, k, v, block_q=96, block_k=512, kernel="simd")
     np.testing.assert_allclose(out, want_out, rtol=0, atol=2e-5)
     np.testing.assert_allclose(lse, want_lse, rtol=2e-6, atol=1e-5)
+
+
+_CACHE_PROBE = """
+import numpy as np
+from bulkrnabert_sv.model import _host_attention as ha
+q = np.random.default_rng(0).standard_normal((2, 50, 8), dtype=np.float32)
+for _ in range(2):
+    ha.attention_forward(q, q, q, kernel="simd")
+stats = ha._simd_tasks.stats
+print(len(ha._simd_tasks.signatures), stats.cache_hits.total(), stats.cache_misses.total())
+"""
+
+
+@needs_host
+@pytest.mark.skipif(not HAS_SIMD, reason="no AVX2/FMA")
+def test_simd_kernel_compiles_once_per_head_size_and_is_cached_on_disk(tmp_path):
+    """A second process loads the compiled task loop from numba's disk cache instead of spending
+    seconds compiling it, and repeated calls reuse one compiled version."""
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
+    runs = [
+        subprocess.run(
+            [sys.executable, "-c", _CACHE_PROBE], env=env, capture_output=True, text=True
+        )
+        for _ in range(2)
+    ]
+    for run in runs:
+        assert run.returncode == 0, run.stderr
+    # (signatures, cache hits, cache misses): compiled in the first process, loaded in the second
+    assert runs[0].stdout.split() == ["1", "0", "1"]
+    assert runs[1].stdout.split() == ["1", "1", "0"]
 
 
 @pytest.mark.parametrize("length", [1, 15, 16, 17, 300])

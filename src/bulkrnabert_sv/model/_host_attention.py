@@ -37,14 +37,13 @@ The module imports without numba; :func:`available` says whether the kernel can 
 
 from __future__ import annotations
 
-import functools
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from ._simd_kernels import EXP2_COEFFICIENTS, EXP2_MIN
+from ._simd_kernels import EXP2_COEFFICIENTS, EXP2_MIN, LANES, PANEL, QK_ROWS
 
 try:  # numba is a dependency of scanpy, hence of this package, but keep the import soft.
     import numba
@@ -280,32 +279,19 @@ if _HAVE_NUMBA:
                 lse[g * lq + i0 + i] = m[i] + np.log2(denom[i])
 
 
-@functools.cache
-def _simd_tasks(head_dim: int):
-    """The attention task loop around the vector micro-kernels of :mod:`._simd_kernels`.
+if _HAVE_NUMBA:
+    # The micro-kernels (specialised for the head size when _simd_tasks is compiled). numba's disk
+    # cache watches only the calling function's file: after editing _simd_kernels.py, clear this
+    # package's __pycache__/*.nbi (a fresh install or checkout has none).
+    from ._simd_kernels import make_pv_kernel, make_qk_kernel
 
-    Compiled on first use for ``head_dim`` (a few seconds) and kept for the process. Not compiled
-    with fastmath: the kernels' exp2 and clamps rely on exact IEEE semantics.
+    _QK_RAW = make_qk_kernel(QK_ROWS, "raw", THRESHOLD)
+    _QK_EXP = make_qk_kernel(QK_ROWS, "exp", THRESHOLD)
+    _QK_EXP_FULL = make_qk_kernel(QK_ROWS, "exp_full", THRESHOLD)
+    _PV = make_pv_kernel()
 
-    The returned function reads q and v, and writes out, through element strides, so it takes
-    heads-first ``(G, L, D)`` arrays as well as ``(B, L, H, D)`` ones without a transpose: group
-    ``g`` is batch ``g // heads``, head ``g % heads``, and row ``l`` of a group starts at
-    ``(g // heads) * stride_b + (g % heads) * stride_h + l * stride_l``.
-    """
-    from . import _simd_kernels as sk
-
-    rows_qk = sk.QK_ROWS
-    rows_pv, width_pv = sk.pv_shape(head_dim)
-    chunk = sk.key_chunk(head_dim)
-    panel = sk.PANEL
-    lanes = sk.LANES
-    qk_raw = sk.make_qk_kernel(head_dim, rows_qk, "raw", THRESHOLD)
-    qk_exp = sk.make_qk_kernel(head_dim, rows_qk, "exp", THRESHOLD)
-    qk_exp_full = sk.make_qk_kernel(head_dim, rows_qk, "exp_full", THRESHOLD)
-    pv = sk.make_pv_kernel(head_dim, rows_pv, width_pv)
-
-    @numba.njit(nogil=True)
-    def tasks(
+    @numba.njit(nogil=True, cache=True)
+    def _simd_tasks(
         q,
         q_strides,
         kp,
@@ -320,15 +306,33 @@ def _simd_tasks(head_dim: int):
         block_q,
         tile_q,
         block_k,
+        marker,
+        chunk,
+        rows_pv,
+        width_pv,
         first,
         step,
     ):
+        """The attention task loop around the vector micro-kernels of :mod:`._simd_kernels`.
+
+        ``marker`` is :func:`._simd_kernels.head_dim_marker` of the head size D: its type carries
+        D, so numba compiles (and caches on disk) one version per head size, with kernels
+        specialised for it. Not compiled with fastmath: the kernels' exp2 and clamps rely on exact
+        IEEE semantics. ``chunk`` and ``rows_pv, width_pv`` are :func:`._simd_kernels.key_chunk`
+        and :func:`._simd_kernels.pv_shape` of D.
+
+        q and v are read, and out written, through element strides, so that it takes heads-first
+        ``(G, L, D)`` arrays as well as ``(B, L, H, D)`` ones without a transpose: group ``g`` is
+        batch ``g // heads``, head ``g % heads``, and row ``l`` of a group starts at
+        ``(g // heads) * stride_b + (g % heads) * stride_h + l * stride_l``.
+        """
         # q, v, out: flat float32; q_strides/v_strides: (stride_b, stride_h, stride_l), out has
         # q's. kp: the key panels (G, lk_pad // 16, D, 16), flat. key_norms: (G,), the largest
         # key norm of each group. lse: (G, lq), flat.
         # A task is block_q query rows of one group, done as sub-blocks of tile_q rows per key
         # block, so that each key block (panels and values) is read once per task.
-        d = head_dim
+        d = len(marker)
+        rows_qk, panel, lanes = QK_ROWS, PANEL, LANES
         groups = lse.shape[0] // lq
         lk_pad = kp.shape[0] // (groups * d)
         nq = (lq + block_q - 1) // block_q
@@ -379,8 +383,16 @@ def _simd_tasks(head_dim: int):
                             for i in range(r0, r1, rows_qk):
                                 for jj in range(c0, min(c0 + chunk, w), panel):
                                     p_off = (i - r0) * block_k + jj
-                                    qk_raw(
-                                        q_flat, i * d, d, kp, k_off + jj * d, probs, p_off, block_k
+                                    _QK_RAW(
+                                        q_flat,
+                                        i * d,
+                                        d,
+                                        kp,
+                                        k_off + jj * d,
+                                        probs,
+                                        p_off,
+                                        block_k,
+                                        marker,
                                     )
                         for i in range(tile_q):
                             row = probs[i * block_k : i * block_k + w]
@@ -392,7 +404,7 @@ def _simd_tasks(head_dim: int):
                             for i in range(r0, r1, rows_qk):
                                 p_row = (i - r0) * block_k
                                 for jj in range(c0, min(c0 + chunk, full), panel):
-                                    qk_exp_full(
+                                    _QK_EXP_FULL(
                                         q_flat,
                                         i * d,
                                         d,
@@ -407,10 +419,11 @@ def _simd_tasks(head_dim: int):
                                         i * lanes,
                                         panel,
                                         not unclamped[t],
+                                        marker,
                                     )
                         if full < w:
                             for i in range(r0, r1, rows_qk):
-                                qk_exp(
+                                _QK_EXP(
                                     q_flat,
                                     i * d,
                                     d,
@@ -425,6 +438,7 @@ def _simd_tasks(head_dim: int):
                                     i * lanes,
                                     w - full,
                                     not unclamped[t],
+                                    marker,
                                 )
                         count = 0
                         for i in range(r0, r1):
@@ -455,7 +469,7 @@ def _simd_tasks(head_dim: int):
                         v_chunk = v_off + c0 * v_strides[2]
                         for col in range(0, d, width_pv):
                             for i in range(0, tile_q, rows_pv):
-                                pv(
+                                _PV(
                                     probs,
                                     i * block_k + c0,
                                     block_k,
@@ -465,6 +479,7 @@ def _simd_tasks(head_dim: int):
                                     acc_flat,
                                     (r0 + i) * d + col,
                                     keys,
+                                    marker,
                                 )
             for i in range(n):
                 inv = np.float32(1.0) / denom[i]
@@ -472,8 +487,6 @@ def _simd_tasks(head_dim: int):
                 for c in range(d):
                     out[row + c] = acc[i, c] * inv
                 lse[g * lq + i0 + i] = m[i] + np.log2(denom[i])
-
-    return tasks
 
 
 def _blas_single_thread():
@@ -541,6 +554,9 @@ def _run_tasks(function, args: tuple, tasks: int, threads: int | None) -> None:
         if workers == 1:
             function(*args, 0, 1)
             return
+        # An empty range first: compiles (or loads from the disk cache) the function on this
+        # thread, so that the workers do not each type it while waiting for numba's lock.
+        function(*args, tasks, 1)
         if _POOL is None or _POOL._max_workers < workers:
             _POOL = ThreadPoolExecutor(workers, thread_name_prefix="bulkrnabert-attn")
         sets = min(tasks, workers * TASK_SETS_PER_THREAD)
@@ -704,5 +720,7 @@ def attention_forward(
         tile_q,
         block_k,
     )
-    _run_tasks(_simd_tasks(d), args, groups * (-(-lq // block_q)), threads)
+    rows_pv, width_pv = _simd_kernels.pv_shape(d)
+    args += (_simd_kernels.head_dim_marker(d), _simd_kernels.key_chunk(d), rows_pv, width_pv)
+    _run_tasks(_simd_tasks, args, groups * (-(-lq // block_q)), threads)
     return out, lse

@@ -22,7 +22,10 @@ loads (6 rows instead of 4 made the whole attention about 10% faster on a Zen 3 
 accumulators plus the loaded keys (or values) and one broadcast fill the 16 AVX2 registers.
 
 The kernels are :func:`numba.extending.intrinsic` functions, inlined into the numba code that
-calls them, and they are specialised at build time for the head dimension and the row count.
+calls them. They are specialised for the row count when built, and for the head dimension when
+compiled: it is the length of their last argument, a tuple (:func:`head_dim_marker`), so that it is
+part of the argument types. numba then compiles (and caches on disk) one version of the calling
+function per head size, and finds it again on each call without re-typing.
 
 ``exp2`` here: ``n = rint(x)``, ``f = x - n`` in ``[-1/2, 1/2]``, ``2**f`` by the degree-6 fit
 :data:`EXP2_COEFFICIENTS` (shared with the scalar code of :mod:`._host_attention`; relative error
@@ -93,6 +96,11 @@ def pv_shape(head_dim: int) -> tuple[int, int]:
 def key_chunk(head_dim: int) -> int:
     """Keys per chunk of the task loop: 16 KiB of key panels (half of a 32 KiB L1 cache)."""
     return max(PANEL, (16384 // (4 * head_dim)) // PANEL * PANEL)
+
+
+def head_dim_marker(head_dim: int) -> tuple[int, ...]:
+    """``head_dim`` zeros: the kernels' last argument, whose tuple type carries the head size."""
+    return (0,) * head_dim
 
 
 def supports_head_dim(head_dim: int) -> bool:
@@ -173,14 +181,21 @@ if _HAVE_NUMBA:
     def _data(context, builder, array_type, array):
         return context.make_array(array_type)(context, builder, array).data
 
-    def make_qk_kernel(head_dim: int, rows: int, mode: str, threshold: float):
+    def _head_dim(signature) -> int:
+        """The head size a kernel is built for: the length of its last argument's tuple type."""
+        return signature.args[-1].count
+
+    def make_qk_kernel(rows: int, mode: str, threshold: float):
         """A kernel for ``rows`` query rows against one panel of 16 keys.
 
-        ``mode="raw"``: ``qk(q, q_off, q_stride, kp, k_off, s, s_off, s_stride)`` stores the
-        logits ``s[r, c] = sum_d q[q_off + r q_stride + d] kp[k_off + 16 d + c]``.
+        Its last argument is :func:`head_dim_marker` of the head size: the kernel is specialised
+        for that tuple's length, which is part of its type.
+
+        ``mode="raw"``: ``qk(q, q_off, q_stride, kp, k_off, s, s_off, s_stride, marker)`` stores
+        the logits ``s[r, c] = sum_d q[q_off + r q_stride + d] kp[k_off + 16 d + c]``.
 
         ``mode="exp"``: ``qk(q, q_off, q_stride, kp, k_off, s, s_off, s_stride, m, m_off, sums,
-        sums_off, valid, clamp)`` stores ``2**clamp(s - m[m_off + r], -125, threshold)`` instead,
+        sums_off, valid, clamp, marker)`` stores ``2**clamp(s - m[m_off + r], -125, threshold)`` instead,
         zero for panel columns ``c >= valid``, and adds each row's values lane-wise to
         ``sums[sums_off + 8 r : sums_off + 8 r + 8]``. ``mode="exp_full"`` is the same for a full
         panel (``valid`` is ignored, no masking).
@@ -196,6 +211,7 @@ if _HAVE_NUMBA:
 
         def generate(context, builder, signature, args):
             e = _Emitter(builder)
+            head_dim = _head_dim(signature)
             q, q_off, q_stride, kp, k_off, s, s_off, s_stride = args[:8]
             qp = _data(context, builder, signature.args[0], q)
             kpp = _data(context, builder, signature.args[3], kp)
@@ -224,7 +240,7 @@ if _HAVE_NUMBA:
                         e.store(acc[r][c], sp, e.offset(out_row, LANES * c))
                 return context.get_dummy_value()
 
-            sums, sums_off, valid, clamp = args[10:]
+            sums, sums_off, valid, clamp = args[10:14]
             sump = _data(context, builder, signature.args[10], sums)
             valid_lanes = e.b.insert_element(
                 ir.Constant(_VI8, ir.Undefined), e.b.trunc(valid, _I32), ir.Constant(_I32, 0)
@@ -264,8 +280,10 @@ if _HAVE_NUMBA:
         if mode == "raw":
 
             @intrinsic
-            def qk_raw(typingctx, q, q_off, q_stride, kp, k_off, s, s_off, s_stride):
-                sig = types.void(q, intp, intp, kp, intp, s, intp, intp)
+            def qk_raw(typingctx, q, q_off, q_stride, kp, k_off, s, s_off, s_stride, marker):
+                if not isinstance(marker, types.UniTuple):
+                    return None
+                sig = types.void(q, intp, intp, kp, intp, s, intp, intp, marker)
                 return sig, generate
 
             return qk_raw
@@ -287,25 +305,32 @@ if _HAVE_NUMBA:
             sums_off,
             valid,
             clamp,
+            marker,
         ):
+            if not isinstance(marker, types.UniTuple):
+                return None
             sig = types.void(
-                q, intp, intp, kp, intp, s, intp, intp, m, intp, sums, intp, intp, intp
+                q, intp, intp, kp, intp, s, intp, intp, m, intp, sums, intp, intp, intp, marker
             )
             return sig, generate
 
         return qk_exp
 
-    def make_pv_kernel(head_dim: int, rows: int, width: int):
-        """``pv(p, p_off, p_stride, v, v_off, v_stride, acc, acc_off, count)``: for ``r < rows``,
-        ``acc[acc_off + r D : + width] += sum_{j < count} p[p_off + r p_stride + j]
-        v[v_off + j v_stride : + width]`` (``D = head_dim``, the row stride of ``acc``).
+    def make_pv_kernel():
+        """``pv(p, p_off, p_stride, v, v_off, v_stride, acc, acc_off, count, marker)``: for
+        ``r < rows``, ``acc[acc_off + r D : + width] += sum_{j < count} p[p_off + r p_stride + j]
+        v[v_off + j v_stride : + width]`` (``D`` the head size, the row stride of ``acc``; ``rows,
+        width = pv_shape(D)``). ``marker`` is :func:`head_dim_marker` of ``D``, as for
+        :func:`make_qk_kernel`.
         """
-        vectors = width // LANES
         intp = types.intp
 
         def generate(context, builder, signature, args):
             e = _Emitter(builder)
-            p, p_off, p_stride, v, v_off, v_stride, acc, acc_off, count = args
+            head_dim = _head_dim(signature)
+            rows, width = pv_shape(head_dim)
+            vectors = width // LANES
+            p, p_off, p_stride, v, v_off, v_stride, acc, acc_off, count = args[:9]
             pp = _data(context, builder, signature.args[0], p)
             vp = _data(context, builder, signature.args[3], v)
             ap = _data(context, builder, signature.args[6], acc)
@@ -334,8 +359,10 @@ if _HAVE_NUMBA:
             return context.get_dummy_value()
 
         @intrinsic
-        def pv(typingctx, p, p_off, p_stride, v, v_off, v_stride, acc, acc_off, count):
-            sig = types.void(p, intp, intp, v, intp, intp, acc, intp, intp)
+        def pv(typingctx, p, p_off, p_stride, v, v_off, v_stride, acc, acc_off, count, marker):
+            if not isinstance(marker, types.UniTuple):
+                return None
+            sig = types.void(p, intp, intp, v, intp, intp, acc, intp, intp, marker)
             return sig, generate
 
         return pv
