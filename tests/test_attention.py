@@ -401,6 +401,24 @@ def test_cudnn_refusal_falls_back(monkeypatch):
     np.testing.assert_allclose(np.asarray(out), np.asarray(ref), rtol=0, atol=1e-6)
 
 
+def test_jax_loop_tiles_follow_the_platform_unless_given(monkeypatch):
+    calls = []
+
+    def record(q, k, v, scale, block_q, block_k, kernel):
+        calls.append((block_q, block_k, kernel))
+        return q
+
+    monkeypatch.setattr(attn, "_blockwise_attention", record)
+    q, k, v = _inputs((1, 40, 2, 8), seed=7)
+    for backend, tiles in (("cpu", attn.JAX_BLOCKS_CPU), ("gpu", attn.JAX_BLOCKS_ACCELERATOR)):
+        monkeypatch.setattr(jax, "default_backend", lambda backend=backend: backend)
+        assert attn.default_jax_blocks() == tiles
+        calls.clear()
+        attn.dot_product_attention(q, k, v, implementation="blockwise_jax")
+        attn.dot_product_attention(q, k, v, implementation="blockwise_jax", block_q=24, block_k=8)
+        assert calls == [(*tiles, "jax"), (24, 8, "jax")]
+
+
 def test_flops_per_layer_full_config():
     # 4 layers of attention over 19,062 genes: about 1.49 TFLOP per sample.
     total = 4 * attn.flops_per_layer(19_062, 8, 32)

@@ -39,9 +39,13 @@ import jax
 import jax.numpy as jnp
 
 IMPLEMENTATIONS = ("auto", "xla", "blockwise", "blockwise_host", "blockwise_jax", "cudnn")
-#: Tile sizes of the pure-JAX loops (measured fastest on a 2-core AVX2 CPU).
-DEFAULT_JAX_BLOCK_Q = 256
-DEFAULT_JAX_BLOCK_K = 256
+#: (query, key) tile sizes of the pure-JAX loops on a CPU (fastest on a 2-core AVX2 CPU).
+JAX_BLOCKS_CPU = (256, 256)
+#: (query, key) tile sizes of the pure-JAX loops on an accelerator. On an H200 in float32 one
+#: full-size layer (19,062 keys, 8 heads) took 102 ms forward with the CPU tiles and 21 ms with
+#: these; larger tiles cut the time by at most a quarter for 2-10x the memory (128 MiB per
+#: sample and temporary here). See docs/benchmarks.md.
+JAX_BLOCKS_ACCELERATOR = (2048, 2048)
 #: Up to this many keys "auto" uses the materialised implementation.
 AUTO_MATERIALIZE_MAX_LENGTH = 1024
 _LOG2E = math.log2(math.e)
@@ -122,6 +126,13 @@ def _jax_forward(qs, k, v, block_q, block_k):
 
     out, lse = jax.lax.map(query_block, _blocks(qs, block_q))
     return _unblocks(out, lq), _unblocks(lse, lq)
+
+
+def default_jax_blocks() -> tuple[int, int]:
+    """(block_q, block_k) of the pure-JAX loops for the default backend: large tiles on an
+    accelerator, where each loop step is a kernel launch, small ones on a CPU, where tiles should
+    stay in cache."""
+    return JAX_BLOCKS_CPU if jax.default_backend() == "cpu" else JAX_BLOCKS_ACCELERATOR
 
 
 def _jax_backward(qs, k, v, out, lse, dout, block_q, block_k):
@@ -232,8 +243,7 @@ def _host_backward(block_q, block_k, residuals, dout):
         _heads_first(out),
         lse.reshape(b * h, lq),
         _heads_first(dout),
-        DEFAULT_JAX_BLOCK_Q,
-        DEFAULT_JAX_BLOCK_K,
+        *JAX_BLOCKS_CPU,
     )
     return tuple(g.reshape(b, h, -1, d).transpose(0, 2, 1, 3) for g in grads)
 
@@ -310,9 +320,7 @@ def _cudnn_attention(q, k, v, scale):
         )
         if k.shape[1] <= AUTO_MATERIALIZE_MAX_LENGTH:
             return _xla_attention(q, k, v, scale)
-        return _blockwise_attention(
-            q, k, v, scale, DEFAULT_JAX_BLOCK_Q, DEFAULT_JAX_BLOCK_K, kernel="jax"
-        )
+        return _blockwise_attention(q, k, v, scale, *default_jax_blocks(), kernel="jax")
 
 
 def dot_product_attention(
@@ -338,8 +346,8 @@ def dot_product_attention(
         Logit scale, ``1/sqrt(head_dim)`` by default.
     block_q, block_k
         Tile sizes of the blockwise implementations (defaults: the host kernel's own,
-        ``_host_attention.DEFAULT_BLOCKS``; :data:`DEFAULT_JAX_BLOCK_Q`/
-        :data:`DEFAULT_JAX_BLOCK_K` for the JAX loops).
+        ``_host_attention.DEFAULT_BLOCKS``; :func:`default_jax_blocks` for the JAX loops:
+        :data:`JAX_BLOCKS_CPU` or :data:`JAX_BLOCKS_ACCELERATOR`).
 
     Returns
     -------
@@ -356,7 +364,8 @@ def dot_product_attention(
         # None: the host kernel's own default tiles (see _host_attention.DEFAULT_BLOCKS).
         bq, bk, kernel = block_q, block_k, "host"
     else:
-        bq, bk, kernel = block_q or DEFAULT_JAX_BLOCK_Q, block_k or DEFAULT_JAX_BLOCK_K, "jax"
+        default_q, default_k = default_jax_blocks()
+        bq, bk, kernel = block_q or default_q, block_k or default_k, "jax"
     bq = None if bq is None else int(bq)
     bk = None if bk is None else int(bk)
     return _blockwise_attention(q, k, v, scale, bq, bk, kernel)
@@ -370,7 +379,10 @@ def flops_per_layer(length: int, heads: int, head_dim: int, batch: int = 1) -> i
 __all__ = [
     "AUTO_MATERIALIZE_MAX_LENGTH",
     "IMPLEMENTATIONS",
+    "JAX_BLOCKS_ACCELERATOR",
+    "JAX_BLOCKS_CPU",
     "attention_weights",
+    "default_jax_blocks",
     "dot_product_attention",
     "flops_per_layer",
     "host_kernel_available",
