@@ -226,9 +226,39 @@ def run_child(args) -> dict:
         peak_rss_mib=peak,
         rss_growth_per_sample_mib=max(growth) if on_cpu and growth else float("nan"),
     )
+    if not on_cpu:
+        results.update(attention_only_rate(cfg, batch, args))
     if args.save_embedding:
         np.save(args.save_embedding, np.asarray(first, np.float32))
     return results
+
+
+def attention_only_rate(cfg, batch: int, args) -> dict:
+    """One layer's attention alone (same shape, dtype and implementation): s and GFLOP/s.
+
+    Reported on accelerators, where it tells how much of the model's time is attention.
+    """
+    import jax
+
+    from bulkrnabert_sv.model.attention import dot_product_attention, flops_per_layer
+
+    shape = (batch, cfg.n_genes, cfg.num_attention_heads, cfg.key_size)
+    keys = jax.random.split(jax.random.key(0), 3)
+    q, k, v = (jax.random.normal(key, shape, args.dtype) for key in keys)
+    attend = jax.jit(
+        lambda q, k, v: dot_product_attention(
+            q,
+            k,
+            v,
+            implementation=args.implementation,
+            block_q=args.block_q,
+            block_k=args.block_k,
+        )
+    )
+    attend(q, k, v).block_until_ready()
+    seconds = _best_time(lambda: attend(q, k, v).block_until_ready(), max(args.repeats, 3))
+    flops = flops_per_layer(cfg.n_genes, cfg.num_attention_heads, cfg.key_size, batch)
+    return {"attention_s": seconds, "attention_gflops": flops / seconds / 1e9}
 
 
 def spawn(args, batch: int, dtype: str, save: str | None = None) -> dict:
@@ -256,6 +286,11 @@ def spawn(args, batch: int, dtype: str, save: str | None = None) -> dict:
         sys.stderr.write(done.stderr)
         raise SystemExit(f"batch {batch} ({dtype}) failed with exit code {done.returncode}")
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _seconds(value: float) -> str:
+    """Seconds with two decimals, or four below 0.1 s (GPU rows)."""
+    return f"{value:.2f}" if value >= 0.1 else f"{value:.4f}"
 
 
 def main(argv=None) -> None:
@@ -319,7 +354,7 @@ def main(argv=None) -> None:
         row["ratio"] = row["model_gflops"] / ref
         print(
             f"{row['batch']:>5} {row['dtype']:>8} {row['implementation']:>20} "
-            f"{row['seconds_per_sample']:>9.2f} {row['model_gflops']:>10.1f} {ref:>9.1f} "
+            f"{_seconds(row['seconds_per_sample']):>9} {row['model_gflops']:>10.1f} {ref:>9.1f} "
             f"{row['ratio']:>6.2f} {row.get('paired_ratio', float('nan')):>6.2f} "
             f"{row['peak_rss_mib']:>12.0f} {row['rss_growth_per_sample_mib']:>11.0f} "
             f"{row['first_call_s']:>10.1f} "
@@ -335,6 +370,13 @@ def main(argv=None) -> None:
             for r in rows:
                 if r["batch"] == batch:
                     r["bf16_rel_error"] = float(err)
+        for row in rows:
+            ref = row["gemm_gflops"]
+            print(
+                f"batch {row['batch']} {row['dtype']}: one layer's attention alone "
+                f"{row['attention_s'] * 1e3:.2f} ms, {row['attention_gflops']:.0f} GFLOP/s "
+                f"({row['attention_gflops'] / ref:.2f} of the {row['dtype']} GEMM)"
+            )
     if args.json:
         args.json.write_text(json.dumps({"gemm": gemm, "rows": rows}, indent=1))
 
