@@ -52,6 +52,13 @@ _LOG2E = math.log2(math.e)
 _HALF = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
 
 
+def default_jax_blocks() -> tuple[int, int]:
+    """(block_q, block_k) of the pure-JAX loops for the default backend: large tiles on an
+    accelerator, where each loop step is a kernel launch, small ones on a CPU, where tiles should
+    stay in cache."""
+    return JAX_BLOCKS_CPU if jax.default_backend() == "cpu" else JAX_BLOCKS_ACCELERATOR
+
+
 def attention_weights(q: jax.Array, k: jax.Array, *, scale: float | None = None) -> jax.Array:
     """Softmax attention probabilities, shape (B, H, Lq, Lk), computed in float32."""
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
@@ -126,13 +133,6 @@ def _jax_forward(qs, k, v, block_q, block_k):
 
     out, lse = jax.lax.map(query_block, _blocks(qs, block_q))
     return _unblocks(out, lq), _unblocks(lse, lq)
-
-
-def default_jax_blocks() -> tuple[int, int]:
-    """(block_q, block_k) of the pure-JAX loops for the default backend: large tiles on an
-    accelerator, where each loop step is a kernel launch, small ones on a CPU, where tiles should
-    stay in cache."""
-    return JAX_BLOCKS_CPU if jax.default_backend() == "cpu" else JAX_BLOCKS_ACCELERATOR
 
 
 def _jax_backward(qs, k, v, out, lse, dout, block_q, block_k):
