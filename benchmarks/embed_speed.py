@@ -26,7 +26,8 @@ then ``--repeats`` times, and reports:
 * ``load``: the 1-minute load average before/after the timed runs (other work on the machine).
 
 On a GPU (if jax sees one) it also runs the model in bfloat16 (cuDNN attention) and float32, with a
-bfloat16 GEMM reference and the relative error of the bf16 embeddings against the fp32 ones.
+bfloat16 GEMM reference and the relative error of the bf16 embeddings against the fp32 ones, and
+times one layer's attention alone (same shape, dtype and implementation) for each row.
 
 Usage::
 
