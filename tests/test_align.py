@@ -131,7 +131,13 @@ def test_symbol_priority_ambiguity_and_shadowing():
     vocab = [septin1, "ENSG00000141510"]  # TP53
     alignment = align_genes(_adata(["SEPT1", "TP53"]), vocab)
     assert alignment.id_type == "symbol" and alignment.n_matched == 2
-    assert alignment.matched_by == {"ensembl": 0, "approved": 1, "previous": 1, "alias": 0}
+    assert alignment.matched_by == {
+        "ensembl": 0,
+        "entrez": 0,
+        "approved": 1,
+        "previous": 1,
+        "alias": 0,
+    }
     # With the approved symbol present, the previous symbol is dropped, not summed.
     with warnings.catch_warnings():
         warnings.simplefilter("error", DuplicateGenesWarning)
@@ -297,3 +303,79 @@ def test_expression_checks_raise_or_warn_with_the_fix():
     bad[4, 7] = -1.0
     with pytest.raises(ExpressionValueError, match=r"negative values.*layer="):
         check_expression(ad.AnnData(bad))
+
+
+# ------------------------------------------------------------------------------ Entrez ids
+def test_entrez_ids_and_symbol_entrez_pairs():
+    tp53, brca1, septin1 = "ENSG00000141510", "ENSG00000012048", "ENSG00000180096"
+    vocab = [tp53, brca1, septin1]
+    plain = align_genes(_adata(["7157", "672"]), vocab, warn=False)
+    assert plain.id_type == "entrez" and plain.matched_by["entrez"] == 2
+    np.testing.assert_array_equal(plain.transform(np.array([[1.0, 2.0]])), [[1.0, 2.0, 0.0]])
+    # TCGA RNASeqV2 names: the Entrez id wins; an unknown id falls back on the symbol; "?|id"
+    # without a known id is unmapped.
+    pairs = align_genes(
+        _adata(["TP53|7157", "WRONGNAME|672", "SEPTIN1|999999999", "?|100130426"]),
+        vocab,
+        warn=False,
+    )
+    assert pairs.id_type == "symbol|entrez" and pairs.n_matched == 3
+    assert pairs.matched_by["entrez"] == 2 and pairs.matched_by["approved"] == 1
+    assert pairs.unmapped == ["?|100130426"]
+    np.testing.assert_array_equal(
+        pairs.transform(np.array([[1.0, 2.0, 3.0, 4.0]])), [[1.0, 2.0, 3.0]]
+    )
+    # A default index is not read as Entrez ids (0 -> nothing, 1 would be A1BG).
+    with pytest.raises(ValueError, match="default index"):
+        align_genes(_adata(["0", "1", "2"]), ["ENSG00000121410"])
+
+
+def test_mixed_ensembl_ids_and_symbols_are_both_mapped():
+    tp53, brca1 = "ENSG00000141510", "ENSG00000012048"
+    names = [tp53, "ENSG00000000003", "ENSG00000000005", "BRCA1"]  # mostly Ensembl
+    alignment = align_genes(_adata(names), [tp53, brca1], warn=False)
+    assert alignment.id_type == "mixed" and alignment.n_matched == 2
+    assert alignment.matched_by["ensembl"] == 1 and alignment.matched_by["approved"] == 1
+    # Forcing Ensembl reads only the Ensembl ids, and says so through `unmapped`.
+    forced = align_genes(_adata(names), [tp53, brca1], id_type="ensembl", warn=False)
+    assert forced.n_matched == 1 and "BRCA1" in forced.unmapped
+
+
+def test_coverage_warning_threshold_scales_with_the_vocabulary():
+    from bulkrnabert_sv.pp._align import min_matched_genes
+
+    assert min_matched_genes(19_062) == 18_000
+    assert min_matched_genes(1_500) == 1_417  # ceil(18000 * 1500 / 19062)
+    vocab = [f"ENSG{i:011d}" for i in range(1_500)]
+    with pytest.warns(GeneCoverageWarning) as record:
+        align_genes(_adata(vocab[:1_492]), vocab)
+    message = str(record[0].message)
+    assert "Only" not in message and "1492 of 1500" in message
+    with pytest.warns(GeneCoverageWarning, match="1417 of this model's 1500"):
+        align_genes(_adata(vocab[:1_000]), vocab)
+
+
+def test_tcga_rnaseqv2_tables_align_through_entrez_ids(vocabulary):
+    """The RTCGA / Firehose files: SYMBOL|ENTREZ columns; the GBM/LGG file genes x samples."""
+    table = pd.read_csv(
+        shared_path("data/tcga_rnaseqv2/tcga_acc_dlbc_uvm_rsem_normalized.tsv.gz"),
+        sep="\t",
+        index_col=0,
+        nrows=3,
+    )
+    with pytest.warns(GeneCoverageWarning):
+        alignment = align_genes(_adata(list(table.columns), table.to_numpy()), vocabulary)
+    assert alignment.n_matched >= 17_400
+    assert alignment.matched_by["entrez"] >= 17_400
+    by_gene = pd.read_csv(
+        shared_path("data/tcga_rnaseqv2/tcga_gbm_lgg_40_tpm_genes_by_samples.tsv.gz"),
+        sep="\t",
+        index_col=0,
+    )
+    by_gene = by_gene[~by_gene.index.duplicated()]  # the file repeats 1,075 rows verbatim
+    samples = ad.AnnData(by_gene.T.to_numpy(), var=pd.DataFrame(index=by_gene.index))
+    with pytest.warns(GeneCoverageWarning):
+        gbm = align_genes(samples, vocabulary)
+    # The file holds 19,947 distinct genes (584 fewer than the ACC/DLBC/UVM one): all reachable
+    # vocabulary genes of it are matched.
+    assert gbm.n_matched >= 17_300 and gbm.id_type == "symbol|entrez"

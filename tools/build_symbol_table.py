@@ -5,7 +5,9 @@ Usage::
     python tools/build_symbol_table.py ../shared/data/annotation/hgnc_complete_2020-07.csv.gz
 
 Writes ``src/bulkrnabert_sv/data/hgnc_symbol_to_ensembl.tsv.gz`` (columns ``symbol``,
-``ensembl_id``, ``kind``) and its sidecar ``hgnc_symbol_to_ensembl.json`` (source, date, counts).
+``ensembl_id``, ``kind``) and its sidecar ``hgnc_symbol_to_ensembl.json`` (source, date, counts),
+and ``hgnc_entrez_to_ensembl.tsv.gz`` (columns ``entrez_id``, ``ensembl_id``): the NCBI (Entrez)
+gene id of every approved HGNC gene that has both ids and whose Entrez id names one Ensembl id.
 
 Rules, per symbol:
 
@@ -34,6 +36,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 OUT_DIR = ROOT / "src" / "bulkrnabert_sv" / "data"
 TABLE = "hgnc_symbol_to_ensembl.tsv.gz"
+ENTREZ_TABLE = "hgnc_entrez_to_ensembl.tsv.gz"
 SIDECAR = "hgnc_symbol_to_ensembl.json"
 LEVELS = ("approved", "previous", "alias")
 
@@ -79,6 +82,26 @@ def build_table(hgnc: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
     return table.reset_index(drop=True), counts
 
 
+def build_entrez_table(hgnc: pd.DataFrame) -> pd.DataFrame:
+    """Entrez id -> Ensembl id of approved genes; ids naming several Ensembl genes are left out."""
+    approved = hgnc[hgnc["Status"] == "Approved"].dropna(subset=["NCBI gene ID", "Ensembl gene ID"])
+    pairs = approved[["NCBI gene ID", "Ensembl gene ID"]].drop_duplicates()
+    pairs.columns = ["entrez_id", "ensembl_id"]
+    pairs = pairs[pairs["entrez_id"].str.fullmatch(r"\d+")]
+    unique = ~pairs["entrez_id"].duplicated(keep=False)
+    table = pairs[unique].copy()
+    table["order"] = table["entrez_id"].astype(int)
+    return table.sort_values("order").drop(columns="order").reset_index(drop=True)
+
+
+def write_gzip_tsv(path: Path, header: str, table: pd.DataFrame) -> None:
+    """A gzipped TSV with ``#`` header lines, byte-identical between runs (mtime 0)."""
+    buffer = io.StringIO()
+    table.to_csv(buffer, sep="\t", index=False, lineterminator="\n")
+    with gzip.GzipFile(path, "wb", compresslevel=9, mtime=0) as handle:
+        handle.write((header + buffer.getvalue()).encode())
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("hgnc", type=Path, help="hgnc_complete_2020-07.csv(.gz)")
@@ -95,11 +118,13 @@ def main(argv: list[str] | None = None) -> None:
         "# by tools/build_symbol_table.py. kind: approved | previous | alias | ambiguous\n"
         "# (ambiguous: several candidate ids joined by '|', never used for mapping).\n"
     )
-    buffer = io.StringIO()
-    table.to_csv(buffer, sep="\t", index=False, lineterminator="\n")
-    # mtime=0 keeps the file byte-identical between runs.
-    with gzip.GzipFile(args.out_dir / TABLE, "wb", compresslevel=9, mtime=0) as handle:
-        handle.write((header + buffer.getvalue()).encode())
+    write_gzip_tsv(args.out_dir / TABLE, header, table)
+    entrez = build_entrez_table(hgnc)
+    entrez_header = (
+        f"# NCBI (Entrez) gene id -> Ensembl gene id, derived from the HGNC complete set\n"
+        f"# ({args.date}, CC0) by tools/build_symbol_table.py: approved genes with both ids.\n"
+    )
+    write_gzip_tsv(args.out_dir / ENTREZ_TABLE, entrez_header, entrez)
     sidecar = {
         "source": "HGNC complete set (https://www.genenames.org/download/archive/)",
         "source_file": args.hgnc.name,
@@ -109,6 +134,7 @@ def main(argv: list[str] | None = None) -> None:
         "priority": list(LEVELS),
         "counts": counts,
         "n_rows": len(table),
+        "entrez_table": {"file": ENTREZ_TABLE, "n_rows": len(entrez)},
     }
     (args.out_dir / SIDECAR).write_text(json.dumps(sidecar, indent=1) + "\n")
     print(f"wrote {len(table)} symbols to {args.out_dir / TABLE}: {counts}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import warnings
 from collections import Counter
@@ -14,9 +15,23 @@ import scipy.sparse as sp
 
 from .._core.data import get_modality
 
-#: Below this many matched vocabulary genes the upstream preprocessing refused a sample.
+#: Below this many of its 19,062 genes matched the upstream preprocessing refused a sample; for
+#: another vocabulary the threshold is the same fraction of its size.
 MIN_MATCHED_GENES = 18_000
+UPSTREAM_VOCABULARY_SIZE = 19_062
+ID_TYPES = ("auto", "ensembl", "symbol", "entrez")
 _ENSEMBL = re.compile(r"^(ENS[A-Z]*G\d{11})(\.\d+)?(_PAR_Y)?$")
+#: ``SYMBOL|ENTREZ`` as in the TCGA RNASeqV2 tables (Firehose, cBioPortal, RTCGA): ``TP53|7157``.
+_SYMBOL_ENTREZ = re.compile(r"^([^|]*)\|(\d+)$")
+_ENTREZ = re.compile(r"^\d+$")
+#: The ``id_type`` reported for the identifiers read in each form.
+_ID_TYPE_OF_FORM = {
+    "ensembl": "ensembl",
+    "symbol_entrez": "symbol|entrez",
+    "entrez": "entrez",
+    "symbol": "symbol",
+    "none": "none",
+}
 _SPECIES = {
     "ENSMUSG": "mouse",
     "ENSRNOG": "rat",
@@ -49,7 +64,8 @@ class GeneAlignment:
         Sparse (n_input_genes, n_vocabulary) 0/1 matrix: ``tpm_aligned = tpm_input @ matrix``
         (several inputs mapping to one vocabulary gene are summed; absent genes get 0).
     id_type
-        ``"ensembl"`` or ``"symbol"``.
+        How the matched identifiers were read: ``"ensembl"``, ``"symbol"``, ``"entrez"`` (NCBI
+        gene ids), ``"symbol|entrez"`` (TCGA RNASeqV2 pairs) or ``"mixed"`` (several kinds).
     input_names
         The input identifiers used (``var_names`` or the ``gene_key`` column).
     n_matched
@@ -64,8 +80,8 @@ class GeneAlignment:
         Input identifiers dropped on purpose (``_PAR_Y`` copies, ambiguous symbols, symbols
         shadowed by a better match); ``dropped_reasons`` says why for each.
     matched_by
-        Number of input columns used, by how they matched: ``ensembl``, ``approved``,
-        ``previous`` or ``alias``.
+        Number of input columns used, by how they matched: ``ensembl``, ``entrez``,
+        ``approved``, ``previous`` or ``alias`` (the last three: HGNC symbols).
     gene_key
         The ``var`` column the identifiers came from (None: ``var_names``).
     symbol_source
@@ -161,9 +177,13 @@ def align_genes(
     """Align the input's genes to a model's vocabulary.
 
     Identifiers may be Ensembl gene ids (with or without version suffixes; ``_PAR_Y`` rows of
-    GENCODE are dropped) or HGNC gene symbols. Symbols are mapped through a table shipped with the
-    package, derived from the HGNC complete set (release 2020-07): approved symbols first, then
-    previous symbols, then aliases; ambiguous symbols are dropped. When several input columns map
+    GENCODE are dropped), HGNC gene symbols, NCBI (Entrez) gene ids, or the ``SYMBOL|ENTREZ``
+    pairs of the TCGA RNASeqV2 tables (``TP53|7157``, ``?|100130426``: the Entrez id is used, the
+    symbol only when the Entrez id is unknown). Symbols and Entrez ids are mapped through tables
+    shipped with the package, derived from the HGNC complete set (release 2020-07): for symbols,
+    approved symbols first, then previous symbols, then aliases; ambiguous symbols are dropped.
+    By default each identifier is read by its form, so a mixture (Ensembl ids beside symbols) is
+    mapped whole. When several input columns map
     to one model gene, only those that matched best are used (an approved symbol beats a previous
     symbol, which beats an alias; the others are dropped) and those are summed, with a warning.
     Model genes absent from the input get TPM 0.
@@ -179,8 +199,10 @@ def align_genes(
     mod
         The MuData modality holding the expression.
     id_type
-        ``"ensembl"``, ``"symbol"`` or ``"auto"`` (Ensembl if at least half the identifiers look
-        like Ensembl gene ids). With ``"symbol"``, Ensembl ids among the identifiers are used too.
+        ``"auto"`` (each identifier by its form: Ensembl id, ``SYMBOL|ENTREZ``, digits as Entrez
+        ids unless they are a default index ``0, 1, 2, ...``, anything else as a symbol),
+        ``"ensembl"`` (Ensembl ids only), ``"symbol"`` (symbols and Ensembl ids) or ``"entrez"``
+        (Entrez ids, ``SYMBOL|ENTREZ`` pairs and Ensembl ids).
     warn
         Warn about missing model genes (:class:`GeneCoverageWarning`) and summed duplicates
         (:class:`DuplicateGenesWarning`).
@@ -200,28 +222,60 @@ def align_genes(
     adata = get_modality(data, mod)
     vocabulary = _vocabulary(genes)
     names = _input_names(adata, gene_key)
-    if id_type == "auto":
-        id_type = guess_id_type(names)
-    if id_type not in ("ensembl", "symbol"):
-        raise ValueError(f"id_type must be 'auto', 'ensembl' or 'symbol', got {id_type!r}.")
+    if id_type not in ID_TYPES:
+        raise ValueError(f"id_type must be one of {ID_TYPES}, got {id_type!r}.")
     keys, kinds, dropped = _resolve(names, id_type)
-    alignment = _build_alignment(vocabulary, names, keys, kinds, dropped, id_type)
+    forms = [_ID_TYPE_OF_FORM[f] for f in _name_forms(names, id_type)]
+    alignment = _build_alignment(vocabulary, names, keys, kinds, dropped, forms)
     alignment.gene_key = gene_key
-    if id_type == "symbol":
+    if any(alignment.matched_by[k] for k in ("entrez", "approved", "previous", "alias")):
         from ._symbols import symbol_table_source
 
         alignment.symbol_source = symbol_table_source()
     if alignment.n_matched == 0:
-        raise ValueError(_no_overlap_message(adata, names, id_type, gene_key, len(vocabulary)))
+        read_as = guess_id_type(names) if id_type == "auto" else id_type
+        raise ValueError(_no_overlap_message(adata, names, read_as, gene_key, len(vocabulary)))
     if warn:
         _warn(alignment)
     return alignment
 
 
 def guess_id_type(names: Sequence[str]) -> str:
-    """``"ensembl"`` if at least half the names look like Ensembl gene ids, else ``"symbol"``."""
-    n_ensembl = sum(_ENSEMBL.match(str(n)) is not None for n in names)
-    return "ensembl" if n_ensembl >= 0.5 * max(len(names), 1) else "symbol"
+    """The most common form among the names: ``"ensembl"``, ``"entrez"`` or ``"symbol"``."""
+    forms = _name_forms(names, "auto")
+    counts = Counter("entrez" if f == "symbol_entrez" else f for f in forms if f != "none")
+    return counts.most_common(1)[0][0] if counts else "symbol"
+
+
+def _is_default_index(names: Sequence[str]) -> bool:
+    """Names ``0, 1, ..., n-1`` (or ``1, ..., n``): a default index, not Entrez ids."""
+    if len(names) == 0 or not all(_ENTREZ.match(n) for n in names):
+        return False
+    values = sorted(int(n) for n in names)
+    return values == list(range(values[0], values[0] + len(values))) and values[0] in (0, 1)
+
+
+def _name_forms(names: Sequence[str], id_type: str) -> list[str]:
+    """Per name, how it is read: ``ensembl``, ``symbol_entrez``, ``entrez``, ``symbol`` or ``none``."""
+    index_like = id_type == "auto" and _is_default_index(names)
+    forms = []
+    for name in names:
+        if _ENSEMBL.match(name):
+            form = "ensembl"
+        elif _SYMBOL_ENTREZ.match(name):
+            form = "symbol_entrez" if id_type in ("auto", "entrez") else "symbol"
+        elif _ENTREZ.match(name):
+            form = (
+                "entrez"
+                if id_type == "entrez" or (id_type == "auto" and not index_like)
+                else ("symbol" if id_type == "symbol" else "none")
+            )
+        else:
+            form = "symbol" if id_type in ("auto", "symbol") else "none"
+        if id_type == "ensembl" and form != "ensembl":
+            form = "none"
+        forms.append(form)
+    return forms
 
 
 def _input_names(adata, gene_key: str | None) -> np.ndarray:
@@ -237,27 +291,45 @@ def _input_names(adata, gene_key: str | None) -> np.ndarray:
 
 def _resolve(names, id_type: str):
     """Per name: Ensembl key (or None), how it matched, and dropped names with reasons."""
-    keys: list[str | None] = []
-    kinds: list[str | None] = []
-    dropped: dict[str, str] = {}
-    for name in names:
-        key = strip_ensembl_version(name)
-        if key is None and _ENSEMBL.match(name):
-            dropped[name] = "GENCODE _PAR_Y copy of a chrX gene"
-        keys.append(key)
-        kinds.append("ensembl" if key is not None else None)
-    if id_type == "symbol":
-        from ._symbols import symbols_to_ensembl
+    from ._symbols import entrez_to_ensembl, symbols_to_ensembl
 
-        todo = [i for i, (k, n) in enumerate(zip(keys, names)) if k is None and n not in dropped]
-        sym_keys, sym_kinds, sym_dropped = symbols_to_ensembl([names[i] for i in todo])
-        for i, key, kind in zip(todo, sym_keys, sym_kinds):
-            keys[i], kinds[i] = key, kind
-        dropped.update(sym_dropped)
+    forms = _name_forms(names, id_type)
+    keys: list[str | None] = [None] * len(names)
+    kinds: list[str | None] = [None] * len(names)
+    dropped: dict[str, str] = {}
+    symbol_rows: list[int] = []
+    symbols: list[str] = []
+    entrez_rows = [i for i, f in enumerate(forms) if f in ("entrez", "symbol_entrez")]
+    entrez_ids = [
+        _SYMBOL_ENTREZ.match(names[i]).group(2) if forms[i] == "symbol_entrez" else names[i]
+        for i in entrez_rows
+    ]
+    for i, key in zip(entrez_rows, entrez_to_ensembl(entrez_ids)):
+        if key is not None:
+            keys[i], kinds[i] = key, "entrez"
+        elif forms[i] == "symbol_entrez":
+            symbol = _SYMBOL_ENTREZ.match(names[i]).group(1)
+            if symbol not in ("", "?"):  # "?|100130426": no symbol to fall back on
+                symbol_rows.append(i)
+                symbols.append(symbol)
+    for i, (name, form) in enumerate(zip(names, forms)):
+        if form == "ensembl":
+            key = strip_ensembl_version(name)
+            if key is None:
+                dropped[name] = "GENCODE _PAR_Y copy of a chrX gene"
+            keys[i], kinds[i] = key, "ensembl" if key is not None else None
+        elif form == "symbol":
+            symbol_rows.append(i)
+            symbols.append(name)
+    sym_keys, sym_kinds, sym_dropped = symbols_to_ensembl(symbols)
+    for i, symbol, key, kind in zip(symbol_rows, symbols, sym_keys, sym_kinds):
+        keys[i], kinds[i] = key, kind
+        if symbol in sym_dropped:
+            dropped[names[i]] = sym_dropped[symbol]
     return keys, kinds, dropped
 
 
-def _build_alignment(vocabulary, names, keys, kinds, dropped, id_type) -> GeneAlignment:
+def _build_alignment(vocabulary, names, keys, kinds, dropped, forms) -> GeneAlignment:
     from ._symbols import LEVELS
 
     position = {g: i for i, g in enumerate(vocabulary)}
@@ -294,6 +366,9 @@ def _build_alignment(vocabulary, names, keys, kinds, dropped, id_type) -> GeneAl
     )
     matched = np.zeros(len(vocabulary), dtype=bool)
     matched[list(hits)] = True
+    matched_by = {k: used_kinds[k] for k in ("ensembl", "entrez", "approved", "previous", "alias")}
+    used = sorted({forms[i] for i in rows})
+    id_type = used[0] if len(used) == 1 else ("mixed" if used else "none")
     return GeneAlignment(
         genes=tuple(vocabulary),
         matrix=matrix,
@@ -305,8 +380,13 @@ def _build_alignment(vocabulary, names, keys, kinds, dropped, id_type) -> GeneAl
         duplicated=[vocabulary[j] for j in duplicated_cols],
         dropped=list(dropped),
         dropped_reasons=dropped,
-        matched_by={k: used_kinds[k] for k in ("ensembl", "approved", "previous", "alias")},
+        matched_by=matched_by,
     )
+
+
+def min_matched_genes(n_vocabulary: int) -> int:
+    """Matched genes below which coverage is called low: 18,000 of 19,062, scaled to the vocabulary."""
+    return math.ceil(MIN_MATCHED_GENES * n_vocabulary / UPSTREAM_VOCABULARY_SIZE)
 
 
 def _warn(alignment: GeneAlignment) -> None:
@@ -326,12 +406,14 @@ def _warn(alignment: GeneAlignment) -> None:
     if n_missing == 0:
         return
     share = f"{alignment.n_matched} of {n_vocab} model genes ({100 * alignment.coverage:.1f}%)"
-    if alignment.n_matched < min(MIN_MATCHED_GENES, n_vocab):
+    required = min_matched_genes(n_vocab)
+    if alignment.n_matched < required:
         message = (
             f"Only {share} were found in the input; the other {n_missing} are set to TPM 0. "
-            f"The original preprocessing required at least {MIN_MATCHED_GENES} and embeddings of "
-            "samples with low coverage are less reliable. Check the identifiers (gene_key=, "
-            "id_type=) or use data quantified on the full GENCODE gene set."
+            f"The original preprocessing required at least {MIN_MATCHED_GENES} of its "
+            f"{UPSTREAM_VOCABULARY_SIZE} genes ({required} of this model's {n_vocab}), and "
+            "embeddings of samples with low coverage are less reliable. Check the identifiers "
+            "(gene_key=, id_type=) or use data quantified on the full GENCODE gene set."
         )
     else:
         message = (
@@ -367,10 +449,17 @@ def _likely_cause(adata, names, gene_key) -> str:
     suggestion = _suggest_gene_key(adata, gene_key)
     if suggestion:
         return f"var[{suggestion!r}] does match: pass gene_key={suggestion!r}."
+    if _is_default_index(names):
+        return (
+            "They are a default index (0, 1, 2, ...), not gene ids. Put Ensembl gene ids, HGNC "
+            "symbols or NCBI/Entrez ids in var_names or pass gene_key= naming the var column "
+            "that holds them."
+        )
     if all(n.isdigit() for n in names):
         return (
-            "They are numbers: a default index or NCBI/Entrez ids. Put Ensembl gene ids or HGNC "
-            "symbols in var_names or pass gene_key= naming the var column that holds them."
+            "They were read as NCBI/Entrez gene ids, and none names a model gene. If they are "
+            "another kind of number, put Ensembl gene ids or HGNC symbols in var_names or pass "
+            "gene_key= naming the var column that holds them."
         )
     if sum(re.fullmatch(r"[A-Z][a-z0-9-]+", n) is not None for n in names) > 0.5 * len(names):
         return (

@@ -1,10 +1,11 @@
-"""Gene symbols → Ensembl ids through a table shipped with the package (derived from HGNC).
+"""Gene symbols and Entrez ids → Ensembl ids through tables shipped with the package (from HGNC).
 
 The table ``data/hgnc_symbol_to_ensembl.tsv.gz`` is built by ``tools/build_symbol_table.py`` from
 the HGNC complete set (release 2020-07, CC0); ``data/hgnc_symbol_to_ensembl.json`` states its
 source, date and counts. Each symbol maps at its best level only: an approved symbol first, then
 a previous symbol, then an alias. Symbols naming genes with different Ensembl ids at that level are
-ambiguous and never mapped.
+ambiguous and never mapped. ``data/hgnc_entrez_to_ensembl.tsv.gz``, built by the same script,
+maps the NCBI (Entrez) gene ids of approved HGNC genes to their Ensembl ids.
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ from importlib import resources
 import pandas as pd
 
 TABLE = "hgnc_symbol_to_ensembl.tsv.gz"
+ENTREZ_TABLE = "hgnc_entrez_to_ensembl.tsv.gz"
 SIDECAR = "hgnc_symbol_to_ensembl.json"
-#: Priority of a match: lower is better. Ensembl ids given directly rank with approved symbols.
-LEVELS = {"ensembl": 0, "approved": 0, "previous": 1, "alias": 2}
+#: Priority of a match: lower is better. Ensembl and Entrez ids given directly rank with approved
+#: symbols.
+LEVELS = {"ensembl": 0, "entrez": 0, "approved": 0, "previous": 1, "alias": 2}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +54,21 @@ def symbol_table() -> SymbolTable:
         zip(table.loc[ambiguous_rows, "symbol"], table.loc[ambiguous_rows, "ensembl_id"])
     )
     return SymbolTable(mapping=mapping, ambiguous=ambiguous, info=info)
+
+
+@functools.lru_cache(maxsize=1)
+def entrez_table() -> dict[str, str]:
+    """Load (once) the shipped Entrez id → Ensembl id table."""
+    folder = resources.files("bulkrnabert_sv") / "data"
+    with resources.as_file(folder / ENTREZ_TABLE) as path:
+        table = read_table(path)
+    return dict(zip(table["entrez_id"], table["ensembl_id"]))
+
+
+def entrez_to_ensembl(names: Sequence[str]) -> list[str | None]:
+    """Map NCBI (Entrez) gene ids (digits, as strings) to unversioned Ensembl ids, or None."""
+    table = entrez_table()
+    return [table.get(str(name).strip()) for name in names]
 
 
 def read_table(path) -> pd.DataFrame:
