@@ -298,6 +298,21 @@ def test_bad_clinical_and_sheet_and_folder(gdc_folder, clinical, tmp_path):
         read_gdc(gdc_folder, obs_names="case")
 
 
+@pytest.mark.parametrize("dtype", ["int8", np.int32, "uint16", "float16", bool, "U8"])
+def test_dtype_must_be_a_float_that_holds_tpm(gdc_folder, dtype):
+    # int8 used to wrap TPM into negative values, float16 to overflow to inf.
+    with pytest.raises(TypeError, match=r"cannot hold TPM.*dtype='float32'.*'float64'"):
+        read_gdc(gdc_folder, dtype=dtype)
+    with pytest.raises(TypeError, match="not a NumPy data type"):
+        read_gdc(gdc_folder, dtype="float33")
+
+
+def test_float64_dtype_keeps_the_values(gdc_folder, adata):
+    wide = read_gdc(gdc_folder, dtype="float64")
+    assert wide.X.dtype == np.float64 and (wide.X >= 0).all()
+    np.testing.assert_array_equal(wide.X.astype(np.float32), adata.X)
+
+
 # ------------------------------------------------------------------------------ download_gdc
 
 

@@ -102,7 +102,9 @@ def read_gdc(
         ``"file_id"`` (always unique) or ``"sample_id"`` (the TCGA sample barcode; raises when
         two files share a sample).
     dtype
-        Float type of ``X`` (TPM). GDC writes TPM with 4 decimals; ``float32`` keeps them.
+        Float type of ``X`` (TPM): ``float32`` (default) or ``float64``. GDC writes TPM with 4
+        decimals; ``float32`` keeps them. Integer types (they would truncate, or wrap large TPM
+        into negative values) and ``float16`` (TPM above 65,504 overflow) are refused.
     progress
         Show a progress bar while reading files.
 
@@ -132,6 +134,8 @@ def read_gdc(
 
     Raises
     ------
+    TypeError
+        ``dtype`` is not ``float32`` or ``float64``.
     GDCFormatError
         A file lacks a required column, holds non-numeric or missing values, or the files use
         different gene sets.
@@ -143,6 +147,7 @@ def read_gdc(
 
     if obs_names not in ("file_id", "sample_id"):
         raise ValueError(f"obs_names must be 'file_id' or 'sample_id', not {obs_names!r}.")
+    tpm_dtype = _tpm_dtype(dtype)
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(
@@ -168,7 +173,7 @@ def read_gdc(
     first = _read_star_file(paths[0])
     gene_ids = first.genes.index
     n, n_genes = len(paths), len(gene_ids)
-    tpm = np.empty((n, n_genes), dtype=np.dtype(dtype))
+    tpm = np.empty((n, n_genes), dtype=tpm_dtype)
     counts = np.empty((n, n_genes), dtype=np.int32)
     summaries = []
     for i, path in enumerate(tqdm(paths, desc="reading GDC files", disable=not progress)):
@@ -202,6 +207,25 @@ def read_gdc(
         "n_files": n,
     }
     return adata
+
+
+def _tpm_dtype(dtype) -> np.dtype:
+    """``dtype`` as a NumPy dtype that holds TPM, or a TypeError naming the fix."""
+    try:
+        resolved = np.dtype(dtype)
+    except TypeError as err:
+        raise TypeError(
+            f"dtype={dtype!r} is not a NumPy data type. Pass dtype='float32' (default) or "
+            "'float64'."
+        ) from err
+    # TPM reach about 1e6 with 4 decimals: float16 overflows at 65,504 and integers truncate
+    # (or, for small ones such as int8, wrap into negative values).
+    if not np.issubdtype(resolved, np.floating) or resolved.itemsize < 4:
+        raise TypeError(
+            f"dtype={dtype!r} cannot hold TPM values (up to about 1e6, with decimals). Pass "
+            "dtype='float32' (default) or 'float64'; raw counts are in layers['counts'] (int32)."
+        )
+    return resolved
 
 
 # --------------------------------------------------------------------------- STAR-Counts files
