@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -21,7 +22,7 @@ from flax import nnx
 import bulkrnabert_sv.tl as tl
 from bulkrnabert_sv import load_model
 from bulkrnabert_sv._core.masking import marginal_log_probs, masked_sums, sample_mask
-from bulkrnabert_sv._core.pretrain_checkpoint import CONFIG_FILE
+from bulkrnabert_sv._core.pretrain_checkpoint import CONFIG_FILE, CorruptCheckpointWarning
 from bulkrnabert_sv._core.tokens import all_tokens
 from bulkrnabert_sv.tl import PretrainCheckpointError
 from conftest import ROOT, shared_path
@@ -185,6 +186,76 @@ def test_an_interrupted_run_loses_at_most_the_steps_since_the_last_checkpoint(
     pd.testing.assert_frame_equal(history, reference_history)
 
 
+def _step_folders(folder) -> list[str]:
+    return sorted((p.name for p in folder.iterdir() if p.is_dir()), key=lambda n: (len(n), n))
+
+
+# Orbax's failed read of the damaged step leaves an asyncio callback behind (its own noise).
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(
+    tcga, genes, six_steps, tmp_path
+):
+    reference, reference_history = six_steps
+    folder = tmp_path / "run"
+    run = dict(genes=genes, steps=6, checkpoint_dir=folder, checkpoint_every=2, **SETTINGS)
+    tl.pretrain(tcga, stop_after=4, **run)
+    assert _step_folders(folder) == ["2", "4"]
+    # Damage the arrays of step 4 (as a full disk or a bad copy would): TensorStore cannot read them.
+    damaged = [
+        p for p in (folder / "4" / "state").rglob("*") if p.is_file() and p.parent.name == "d"
+    ]
+    assert damaged
+    for path in damaged:
+        path.write_bytes(b"\0" * 10)
+    with pytest.warns(CorruptCheckpointWarning, match="Resuming from step 2") as caught:
+        model, history = tl.pretrain(tcga, **run)
+    message = str(caught[0].message)
+    assert f"{folder.resolve() / '4'} cannot be read: ValueError" in message
+    assert "set aside as 4.corrupt" in message
+    assert history.attrs["resumed_from"] == 2
+    _assert_same_params(model, reference)
+    pd.testing.assert_frame_equal(history, reference_history)
+    # The damaged step is kept aside for inspection; steps 4 and 6 were saved again.
+    assert _step_folders(folder) == ["4", "6", "model", "4.corrupt"]
+
+
+def test_a_checkpoint_with_a_missing_item_is_named(tcga, genes, tmp_path):
+    folder = tmp_path / "run"
+    run = dict(genes=genes, steps=6, checkpoint_dir=folder, checkpoint_every=2, **SETTINGS)
+    tl.pretrain(tcga, stop_after=4, **run)
+    shutil.rmtree(folder / "4" / "meta")
+    with pytest.warns(CorruptCheckpointWarning) as caught:
+        _, history = tl.pretrain(tcga, stop_after=1, **run)
+    assert "the item 'meta' (the metrics history) is missing" in str(caught[0].message)
+    assert history.attrs["resumed_from"] == 2 and history["step"].tolist() == [1, 2, 3]
+    # With no readable checkpoint left, the error says why for each and how to start over.
+    shutil.rmtree(folder / "3" / "state")
+    shutil.rmtree(folder / "2")
+    with pytest.raises(PretrainCheckpointError) as info:
+        tl.pretrain(tcga, **run)
+    assert f"No checkpoint in {folder.resolve()} can be read" in str(info.value)
+    assert "the item 'state' (the training state) is missing" in str(info.value)
+    assert "delete the numbered step folders" in str(info.value)
+
+
+def test_what_a_killed_run_leaves_is_cleaned_up_on_resume(tcga, genes, tmp_path):
+    """A run killed during a save leaves orbax's ``<step>.orbax-checkpoint-tmp`` folder; killed
+    between a save's commit and the deletion of the oldest step, it leaves three committed steps.
+    Orbax removes neither until a later save happens to, so a finished run kept them for good."""
+    folder = tmp_path / "run"
+    run = dict(genes=genes, steps=6, checkpoint_dir=folder, checkpoint_every=2, **SETTINGS)
+    tl.pretrain(tcga, stop_after=2, **run)
+    shutil.copytree(folder / "2", tmp_path / "step_2")
+    tl.pretrain(tcga, **run)
+    # What the kill would have left: step 2 not yet deleted, an unfinished save.
+    shutil.copytree(tmp_path / "step_2", folder / "2")
+    shutil.copytree(tmp_path / "step_2", folder / "8.orbax-checkpoint-tmp")
+    assert _step_folders(folder) == ["2", "4", "6", "model", "8.orbax-checkpoint-tmp"]
+    _, history = tl.pretrain(tcga, **run)
+    assert history.attrs["resumed_from"] == 6
+    assert _step_folders(folder) == ["4", "6", "model"]
+
+
 def test_backed_data_train_like_data_in_memory(tcga, genes, six_steps, tmp_path, capsys):
     _, reference_history = six_steps
     tcga.write_h5ad(tmp_path / "tcga.h5ad")
@@ -332,6 +403,28 @@ def test_bad_model_arguments_are_refused(tcga, genes, six_steps):
     symbols.var_names = ["TP53", "EGFR", "ENSG00000141510"]
     with pytest.raises(ValueError, match=r"2 of the input's gene ids are not Ensembl ids"):
         tl.pretrain(symbols, steps=3, **SETTINGS)
+
+
+def test_an_unknown_preset_name_lists_the_presets(tcga, genes):
+    from bulkrnabert_sv.model import PRESETS
+
+    with pytest.raises(ValueError) as info:
+        tl.pretrain(tcga, steps=3, **{**SETTINGS, "model": "huge"})
+    assert "tiny" in PRESETS and "tcga" in PRESETS
+    assert f"model='huge' is not a preset name (one of {sorted(PRESETS)})" in str(info.value)
+
+
+def test_checkpoint_dir_that_is_a_file_is_refused(tcga, genes, tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    for path, where in [
+        (notes, "is a file"),
+        (notes / "run", f"is inside {notes}, which is a file"),
+    ]:
+        with pytest.raises(PretrainCheckpointError) as info:
+            tl.pretrain(tcga, genes=genes, steps=3, checkpoint_dir=path, **SETTINGS)
+        assert f"checkpoint_dir {str(path)!r} {where}, not a folder" in str(info.value)
+    assert notes.read_text() == "mine"
 
 
 def test_checkpoint_folder_of_another_configuration_is_refused(tcga, genes, tmp_path):

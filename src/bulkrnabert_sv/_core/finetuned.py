@@ -22,12 +22,15 @@ import pandas as pd
 from flax import nnx
 
 from .survival import cox_negative_log_likelihood
+from .targets import TASKS
 
 FORMAT_NAME = "bulkrnabert-sv-finetuned"
 FORMAT_VERSION = 1
 META_FILE = "finetuned.json"
 HEAD_FILE = "head.safetensors"
 BACKBONE_DIR = "backbone"
+#: How the encoder was fine-tuned (see tl.finetune).
+METHODS = ("probe", "ia3", "full")
 #: Where ``tl.embed`` writes sample embeddings and its parameters.
 EMBEDDING_KEY = "X_bulkrnabert"
 EMBEDDING_UNS_KEY = "bulkrnabert"
@@ -350,13 +353,19 @@ def load_finetuned(path) -> FinetunedModel:
     Raises
     ------
     CheckpointError
-        A missing, corrupt or newer-format folder; the message says which file and what to do.
+        A missing, corrupt or newer-format folder, or a ``finetuned.json`` that does not describe
+        the saved head (edited by hand: an unknown task or method, no ``head``, classes that do
+        not match the head's outputs, ...); the message lists every problem and what to do. An
+        encoder folder (``model.save``) is pointed to ``load_model``.
     """
     from ..model import MLPHead, load_model
     from ..model.checkpoints import (
+        OWN_CONFIG_FILE,
         OWN_RULES,
+        WEIGHTS_FILE,
         CheckpointError,
         assign,
+        checkpoint_error,
         flat_state,
         map_tensors,
         read_json,
@@ -368,23 +377,46 @@ def load_finetuned(path) -> FinetunedModel:
         raise CheckpointError(
             f"{folder} is not a folder: pass the folder written by FinetunedModel.save."
         )
-    meta = read_json(folder / META_FILE)
-    if meta.get("format") != FORMAT_NAME:
+    meta_path = folder / META_FILE
+    if not meta_path.is_file() and (
+        (folder / OWN_CONFIG_FILE).is_file() or (folder / WEIGHTS_FILE).is_file()
+    ):
         raise CheckpointError(
-            f"{folder / META_FILE} is not a fine-tuned bulkrnabert-sv model (format "
-            f"{meta.get('format')!r}); for an encoder alone use bulkrnabert_sv.load_model."
+            f"{folder} holds an encoder (a BulkRNABert checkpoint), not a fine-tuned model: it "
+            f"has no {META_FILE}. Load it with bulkrnabert_sv.load_model({str(folder)!r}), or "
+            "pass the folder written by FinetunedModel.save (tl.finetune(...).save(path))."
+        )
+    meta = read_json(meta_path)
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
+        found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise CheckpointError(
+            f"{meta_path} is not a fine-tuned bulkrnabert-sv model (format "
+            f"{found!r}); for an encoder alone use bulkrnabert_sv.load_model."
         )
     if meta.get("format_version", 0) > FORMAT_VERSION:
         raise CheckpointError(
             f"{folder} was written by a newer bulkrnabert-sv (format {meta['format_version']}); "
             "upgrade the package to read it."
         )
+    fix = [
+        f"{META_FILE} describes the saved head and how to read its outputs; it was edited or "
+        "damaged. Restore it from the original save, or fine-tune and save the model again."
+    ]
+    problems = meta_problems(meta)
+    if problems:
+        raise checkpoint_error(str(meta_path), problems, fix)
     encoder = load_model(folder / BACKBONE_DIR)
     encoder.source = meta.get("source")
     encoder.revision = meta.get("revision")
     settings = dict(meta["head"])
     shape = (settings.pop("in_features"), settings.pop("hidden_sizes"), settings.pop("n_outputs"))
-    head = nnx.eval_shape(lambda: MLPHead(*shape, **settings, rngs=nnx.Rngs(0)))
+    problems = encoder_problems(meta, encoder)
+    try:
+        head = nnx.eval_shape(lambda: MLPHead(*shape, **settings, rngs=nnx.Rngs(0)))
+    except (TypeError, ValueError) as error:  # an unknown activation or setting
+        problems.append(f"'head' does not describe an MLPHead: {error}")
+    if problems:
+        raise checkpoint_error(str(meta_path), problems, fix)
     targets = flat_state(head, nnx.Param)
     tensors = read_safetensors(folder / HEAD_FILE)
     assign(head, map_tensors(tensors, OWN_RULES, targets, source=str(folder / HEAD_FILE)))
@@ -401,6 +433,104 @@ def load_finetuned(path) -> FinetunedModel:
         metrics=meta.get("metrics"),
         history=meta.get("history"),
     )
+
+
+def _is_int(value, minimum: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+def meta_problems(meta: Mapping) -> list[str]:
+    """What is wrong with a ``finetuned.json`` on its own (before the encoder is read).
+
+    Checks the task and method, the head's settings (``in_features``, ``hidden_sizes``,
+    ``n_outputs``), the classes against the head's outputs (one per class; survival: one risk
+    score and no classes), the obs keys and the embedding layer's type.
+    """
+    problems = []
+    task, method = meta.get("task"), meta.get("method")
+    if task not in TASKS:
+        problems.append(f"'task' is {task!r}; it must be one of {list(TASKS)}")
+    if method not in METHODS:
+        problems.append(f"'method' is {method!r}; it must be one of {list(METHODS)}")
+    head = meta.get("head")
+    n_outputs = None
+    if not isinstance(head, Mapping):
+        problems.append(
+            f"'head' is {'missing' if head is None else repr(head)}; it must hold the head's "
+            "settings (in_features, hidden_sizes, n_outputs, ...)"
+        )
+    else:
+        for key in ("in_features", "n_outputs"):
+            if not _is_int(head.get(key), 1):
+                problems.append(
+                    f"'head.{key}' is {head.get(key, '<absent>')!r}, not an integer >= 1"
+                )
+        sizes = head.get("hidden_sizes")
+        if not isinstance(sizes, list) or not all(_is_int(h, 1) for h in sizes):
+            problems.append(
+                f"'head.hidden_sizes' is {head.get('hidden_sizes', '<absent>')!r}, not a list "
+                "of integers >= 1"
+            )
+        if _is_int(head.get("n_outputs"), 1):
+            n_outputs = head["n_outputs"]
+    classes = meta.get("classes")
+    if task == "classification":
+        if not isinstance(classes, list) or len(classes) < 2:
+            problems.append(
+                f"'classes' is {classes!r}; a classifier needs the list of its (at least 2) "
+                "class names, in output order"
+            )
+        else:
+            names = [json.dumps(c, sort_keys=True) for c in classes]
+            repeated = sorted({n for n in names if names.count(n) > 1})
+            if repeated:
+                problems.append(f"'classes' repeats {', '.join(repeated)}; each class once")
+            if n_outputs is not None and len(classes) != n_outputs:
+                problems.append(
+                    f"'classes' lists {len(classes)} classes but the head has n_outputs="
+                    f"{n_outputs} (one output per class)"
+                )
+    elif task == "survival":
+        if classes is not None:
+            problems.append(f"'classes' is {classes!r}; a survival model has none (null)")
+        if n_outputs is not None and n_outputs != 1:
+            problems.append(
+                f"the head has n_outputs={n_outputs}; a survival model outputs 1 risk score"
+            )
+        if not isinstance(meta.get("event_key"), str):
+            problems.append(
+                f"'event_key' is {meta.get('event_key')!r}; a survival model records the obs "
+                "column of its events"
+            )
+    if not isinstance(meta.get("obs_key"), str) or not meta.get("obs_key"):
+        problems.append(f"'obs_key' is {meta.get('obs_key')!r}, not an obs column name")
+    if not _is_int(meta.get("embedding_layer"), 1):
+        problems.append(
+            f"'embedding_layer' is {meta.get('embedding_layer', '<absent>')!r}, not an encoder "
+            "block (an integer >= 1)"
+        )
+    for key in ("params", "metrics", "history"):
+        if meta.get(key) is not None and not isinstance(meta[key], Mapping):
+            problems.append(f"'{key}' is {type(meta[key]).__name__}, not a mapping")
+    return problems
+
+
+def encoder_problems(meta: Mapping, encoder) -> list[str]:
+    """What in a (valid on its own) ``finetuned.json`` does not fit the saved encoder."""
+    problems = []
+    width = encoder.config.embed_dim
+    if meta["head"]["in_features"] != width:
+        problems.append(
+            f"'head.in_features' is {meta['head']['in_features']}, but the encoder in "
+            f"{BACKBONE_DIR}/ has embed_dim={width}"
+        )
+    layers = encoder.config.num_layers
+    if meta["embedding_layer"] > layers:
+        problems.append(
+            f"'embedding_layer' is {meta['embedding_layer']}, but the encoder in {BACKBONE_DIR}/ "
+            f"has {layers} layers"
+        )
+    return problems
 
 
 def _jsonable(value):

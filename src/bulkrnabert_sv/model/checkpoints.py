@@ -10,8 +10,9 @@ Three formats are read, one is written:
   by :meth:`BulkRNABert.save`.
 
 Every name table is a list of ``(regex, target template, transform)``. Mapping a checkpoint
-collects *all* problems (unmapped or unexpected tensors, missing parameters, wrong shapes, a gene
-list of the wrong length) and reports them together in one :class:`CheckpointError`.
+collects *all* problems (unmapped or unexpected tensors, missing parameters, wrong shapes, NaN or
+infinite weights, a gene list of the wrong length, with repeated or malformed ids) and reports them
+together in one :class:`CheckpointError`, each under the file it comes from.
 """
 
 from __future__ import annotations
@@ -131,6 +132,12 @@ TORCH_RULES: list[Rule] = [
 OWN_RULES: list[Rule] = [(r"(.+)", lambda m: m[1], _identity)]
 
 
+#: An unversioned Ensembl gene id (``ENSG00000141510``; other species' prefixes too).
+_UNVERSIONED_ENSEMBL = re.compile(r"ENS[A-Z]*G\d{11}")
+#: Offending entries listed per kind of problem before "and N more".
+_MAX_LISTED = 5
+
+
 # ------------------------------------------------------------------------------------ mapping
 def flat_state(module: nnx.Module, filter=nnx.Param) -> dict[str, nnx.Variable]:
     """The module's variables keyed by dotted NNX path (``layers.0.fc1.kernel``)."""
@@ -140,20 +147,23 @@ def flat_state(module: nnx.Module, filter=nnx.Param) -> dict[str, nnx.Variable]:
     }
 
 
-def map_tensors(
+def tensor_problems(
     tensors: Mapping[str, np.ndarray],
     rules: list[Rule],
     targets: Mapping[str, nnx.Variable],
-    *,
-    source: str,
-    extra_problems: list[str] | None = None,
-) -> dict[str, np.ndarray]:
-    """Map checkpoint tensors to NNX paths, checking names and shapes.
+) -> tuple[dict[str, np.ndarray], list[str]]:
+    """Map checkpoint tensors to NNX paths and list what is wrong with them.
 
-    Returns ``{nnx_path: array}`` covering every target, or raises :class:`CheckpointError`
-    listing every unmapped, unexpected, duplicated, missing or misshapen tensor at once.
+    Returns
+    -------
+    mapped
+        ``{nnx_path: array}`` for every tensor that mapped to a target with the right shape.
+    problems
+        One line per unmapped, unexpected, duplicated, missing or misshapen tensor, and per
+        tensor holding NaN or infinite values (a damaged file, or a training run that
+        diverged: such weights make every output NaN).
     """
-    problems = list(extra_problems or ())
+    problems: list[str] = []
     mapped: dict[str, np.ndarray] = {}
     origin: dict[str, str] = {}
     for name in sorted(tensors):
@@ -181,6 +191,9 @@ def map_tensors(
             problems.append(f"tensors {origin[target]!r} and {name!r} both map to {target!r}")
             continue
         origin[target] = name
+        non_finite = _non_finite(array)
+        if non_finite:
+            problems.append(f"tensor {name!r} {tuple(array.shape)} holds {non_finite}")
         value = transform(array)
         expected = tuple(targets[target].shape)
         if tuple(value.shape) != expected:
@@ -192,13 +205,66 @@ def map_tensors(
         mapped[target] = value
     for target in sorted(set(targets) - set(origin) - {t for t in targets if _is_hook(t)}):
         problems.append(f"missing tensor for {target!r} {tuple(targets[target].shape)}")
-    if problems:
-        raise CheckpointError(
-            f"Cannot load {source}: {len(problems)} problem(s):\n  - "
-            + "\n  - ".join(problems)
-            + "\nCheck that the files belong together (same checkpoint and configuration) and "
-            "were not modified; re-download them if in doubt."
+    return mapped, problems
+
+
+def _non_finite(array: np.ndarray) -> str:
+    """``"3 NaN and 1 infinite values (of 4096)"``, or ``""`` when every value is finite."""
+    if array.dtype.kind in "biu" or array.size == 0:
+        return ""
+    values = array if array.dtype.kind in "fc" else array.astype(np.float32)  # e.g. bfloat16
+    if np.isfinite(values).all():
+        return ""
+    n_nan = int(np.isnan(values).sum())
+    n_inf = int(np.isinf(values).sum())
+    return f"{n_nan} NaN and {n_inf} infinite values (of {array.size})"
+
+
+def checkpoint_error(source: str, problems: list[str], fixes: list[str] | None = None):
+    """One :class:`CheckpointError` listing ``problems`` in ``source``, then how to fix them."""
+    if fixes is None:
+        fixes = _fixes(problems)
+    return CheckpointError(
+        f"Cannot load {source}: {len(problems)} problem(s):\n  - "
+        + "\n  - ".join(problems)
+        + "\n"
+        + " ".join(fixes)
+    )
+
+
+def _fixes(problems: list[str]) -> list[str]:
+    fixes = []
+    if any(" NaN and " in p for p in problems):
+        fixes.append(
+            "NaN or infinite weights make every output NaN: the file is damaged, or the "
+            "training that wrote it diverged. Re-download it, or use an earlier checkpoint "
+            "(for a diverged run: a lower learning rate, or max_grad_norm)."
         )
+    fixes.append(
+        "Check that the files belong together (same checkpoint and configuration) and "
+        "were not modified; re-download them if in doubt."
+    )
+    return fixes
+
+
+def map_tensors(
+    tensors: Mapping[str, np.ndarray],
+    rules: list[Rule],
+    targets: Mapping[str, nnx.Variable],
+    *,
+    source: str,
+    extra_problems: list[str] | None = None,
+) -> dict[str, np.ndarray]:
+    """Map checkpoint tensors to NNX paths, checking names, shapes and values.
+
+    Returns ``{nnx_path: array}`` covering every target, or raises :class:`CheckpointError`
+    listing every unmapped, unexpected, duplicated, missing, misshapen or non-finite tensor at
+    once (and ``extra_problems``).
+    """
+    mapped, problems = tensor_problems(tensors, rules, targets)
+    problems = list(extra_problems or ()) + problems
+    if problems:
+        raise checkpoint_error(source, problems)
     return mapped
 
 
@@ -214,13 +280,71 @@ def assign(module: nnx.Module, mapped: Mapping[str, np.ndarray]) -> None:
         variable.set_value(jnp.asarray(array, dtype=variable.dtype))
 
 
-def _check_gene_count(genes, config: BulkRNABertConfig, where: str) -> list[str]:
-    if genes is None or len(genes) == config.n_genes:
-        return []
-    return [
-        f"the gene list in {where} has {len(genes)} genes but the model has "
-        f"n_genes={config.n_genes}"
-    ]
+def gene_list_problems(
+    genes: list[str] | tuple[str, ...],
+    n_genes: int,
+    *,
+    where: str,
+    positions: list[str] | None = None,
+    n_genes_from: str | None = None,
+) -> list[str]:
+    """What is wrong with a model's gene list: its length, repeated ids, malformed ids.
+
+    Parameters
+    ----------
+    genes
+        The gene ids in model order.
+    n_genes
+        The model's ``config.n_genes``, which the list must match.
+    where
+        Where the list comes from, prefixed to every problem (``"genes.txt"``).
+    positions
+        How to name each entry in messages (``"line 3"``); default ``"entry 1"``, ...
+    n_genes_from
+        The file that sets ``n_genes`` (``"bulkrnabert_sv.json"``), named in the message.
+
+    Returns
+    -------
+    One line per problem (empty: the list is fine). The ids must be unversioned Ensembl gene ids
+    (``ENSG00000141510``, not ``ENSG00000141510.16`` nor ``TP53``), each once: data are aligned
+    to the model by these ids, so a wrong one silently misplaces expression values.
+    """
+    if positions is None:
+        positions = [f"entry {i + 1}" for i in range(len(genes))]
+    problems = []
+    if len(genes) != n_genes:
+        problems.append(
+            f"{where}: the gene list has {len(genes)} genes but the model has n_genes={n_genes}"
+            + (f" (in {n_genes_from})" if n_genes_from else "")
+        )
+    first: dict[str, str] = {}
+    repeated, malformed = [], []
+    for gene, position in zip(genes, positions):
+        if gene in first:
+            repeated.append(f"{position} repeats {gene!r} (first at {first[gene]})")
+        else:
+            first[gene] = position
+        if not _UNVERSIONED_ENSEMBL.fullmatch(gene):
+            versioned = _UNVERSIONED_ENSEMBL.fullmatch(gene.split(".")[0]) is not None
+            malformed.append(
+                f"{position} {gene!r}" + (" (has a version suffix)" if versioned else "")
+            )
+    if repeated:
+        problems.append(
+            f"{where}: {len(repeated)} repeated gene id(s): {_listed(repeated)}; each gene must "
+            "appear once"
+        )
+    if malformed:
+        problems.append(
+            f"{where}: {len(malformed)} entr{'y is' if len(malformed) == 1 else 'ies are'} not "
+            f"an unversioned Ensembl gene id (like 'ENSG00000141510'): {_listed(malformed)}"
+        )
+    return problems
+
+
+def _listed(items: list[str]) -> str:
+    shown = ", ".join(items[:_MAX_LISTED])
+    return shown if len(items) <= _MAX_LISTED else f"{shown} and {len(items) - _MAX_LISTED} more"
 
 
 # ------------------------------------------------------------------------------------ files
@@ -269,10 +393,22 @@ def read_csv_genes(path: Path) -> list[str]:
     return [g.strip() for g in header]
 
 
-def read_genes_file(path: Path) -> list[str]:
+def read_genes_file(path: Path) -> tuple[list[str], list[str], list[str]]:
+    """The gene ids of a ``genes.txt`` (one per line), their line labels, and blank-line problems.
+
+    Trailing blank lines are ignored; a blank line between genes is reported (the file was
+    edited or damaged).
+    """
     if not path.is_file():
         raise CheckpointError(f"{path} is missing: the model folder is incomplete.")
-    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    lines = [line.strip() for line in path.read_text().splitlines()]
+    while lines and not lines[-1]:
+        lines.pop()
+    blank = [f"line {i + 1}" for i, line in enumerate(lines) if not line]
+    problems = [f"{path.name}: blank line(s) between genes: {_listed(blank)}"] if blank else []
+    genes = [line for line in lines if line]
+    positions = [f"line {i + 1}" for i, line in enumerate(lines) if line]
+    return genes, positions, problems
 
 
 def flatten_haiku(params: Mapping) -> dict[str, np.ndarray]:
@@ -289,11 +425,49 @@ def flatten_haiku(params: Mapping) -> dict[str, np.ndarray]:
 
 # ------------------------------------------------------------------------------------ builders
 def _build(
-    config: BulkRNABertConfig, genes, tensors, rules, *, source: str, extra_problems=()
+    config: BulkRNABertConfig,
+    genes,
+    tensors,
+    rules,
+    *,
+    source: str,
+    extra_problems=(),
+    genes_source: str | None = None,
+    gene_positions: list[str] | None = None,
+    n_genes_from: str | None = None,
+    folder: Path | None = None,
 ) -> BulkRNABert:
+    """A model of ``config`` with ``tensors`` (the weights file ``source``) and gene list ``genes``.
+
+    Every problem is reported at once: ``extra_problems`` (configuration files), the gene list's
+    (under ``genes_source``, its entries named by ``gene_positions``) and the tensors' (under
+    the name of ``source`` relative to ``folder``, by default its parent); the message is headed
+    by the checkpoint folder.
+    """
     from .modeling import BulkRNABert
 
-    problems = list(extra_problems) + _check_gene_count(genes, config, source)
+    weights = Path(source)
+    folder = weights.parent if folder is None else Path(folder)
+    weights_name = (
+        weights.relative_to(folder).as_posix() if weights.is_relative_to(folder) else str(weights)
+    )
+    problems = list(extra_problems)
+    fixes = []
+    if genes is not None:
+        gene_problems = gene_list_problems(
+            list(genes),
+            config.n_genes,
+            where=genes_source or "the gene list",
+            positions=gene_positions,
+            n_genes_from=n_genes_from,
+        )
+        problems += gene_problems
+        if gene_problems:
+            fixes.append(
+                f"The gene list must hold the model's {config.n_genes} unversioned Ensembl ids "
+                "in model order, each once (data are aligned to the model by them): restore "
+                "the original file, or pass the right list with load_model(..., genes=[...])."
+            )
     # Abstract init: shapes only, no random numbers drawn for weights about to be overwritten.
     model = nnx.eval_shape(lambda: BulkRNABert(config, rngs=nnx.Rngs(0)))
     if any(_is_hook(name) and name != "mask_embedding" for name in tensors):
@@ -301,7 +475,11 @@ def _build(
     if "mask_embedding" in tensors:
         model.enable_mask_embedding()
     targets = flat_state(model, nnx.Param)
-    assign(model, map_tensors(tensors, rules, targets, source=source, extra_problems=problems))
+    mapped, found = tensor_problems(tensors, rules, targets)
+    problems += [f"{weights_name}: {p}" for p in found]
+    if problems:
+        raise checkpoint_error(str(folder), problems, fixes + _fixes(problems))
+    assign(model, mapped)
     model.genes = None if genes is None else tuple(genes)
     return model
 
@@ -330,8 +508,10 @@ def load_hf_folder(folder: Path, *, genes=None, **overrides) -> BulkRNABert:
         normalization_factor=tokenizer.get("normalization_factor", 1.0),
         **overrides,
     )
+    genes_source, positions = _gene_origin(genes)
     if genes is None:
         genes = read_csv_genes(folder / HF_GENES_FILE)
+        positions = [f"column {i + 1}" for i in range(len(genes))]
     tensors = read_safetensors(folder / WEIGHTS_FILE)
     return _build(
         config,
@@ -340,7 +520,18 @@ def load_hf_folder(folder: Path, *, genes=None, **overrides) -> BulkRNABert:
         TORCH_RULES,
         source=str(folder / WEIGHTS_FILE),
         extra_problems=problems,
+        genes_source=genes_source,
+        gene_positions=positions,
+        n_genes_from=HF_CONFIG_FILE,
+        folder=folder,
     )
+
+
+def _gene_origin(genes) -> tuple[str, list[str] | None]:
+    """How messages name the gene list: the ``genes=`` argument, or the checkpoint's CSV."""
+    if genes is None:
+        return HF_GENES_FILE, None
+    return "genes= (the gene order passed in)", [f"genes[{i}]" for i in range(len(genes))]
 
 
 def load_haiku_folder(
@@ -360,31 +551,76 @@ def load_haiku_folder(
 
     hk_config = read_json(folder / HAIKU_CONFIG_FILE)
     config = _config_from(hk_config, folder / HAIKU_CONFIG_FILE, **overrides)
+    genes_source, positions = _gene_origin(genes)
     if genes is None:
         genes = read_csv_genes(folder / HF_GENES_FILE)
+        positions = [f"column {i + 1}" for i in range(len(genes))]
     try:
         params = joblib.load(params_path)
     except Exception as error:
         raise CheckpointError(
             f"{params_path} could not be read ({error}); re-download it."
         ) from None
-    return _build(config, genes, flatten_haiku(params), HAIKU_RULES, source=str(params_path))
+    return _build(
+        config,
+        genes,
+        flatten_haiku(params),
+        HAIKU_RULES,
+        source=str(params_path),
+        genes_source=genes_source,
+        gene_positions=positions,
+        n_genes_from=HAIKU_CONFIG_FILE,
+        folder=folder,
+    )
 
 
-def load_own_folder(folder: Path, **overrides) -> BulkRNABert:
-    """Load a folder written by :meth:`BulkRNABert.save`."""
+def load_own_folder(folder: Path, *, genes=None, **overrides) -> BulkRNABert:
+    """Load a folder written by :meth:`BulkRNABert.save` (``genes`` replaces its gene list)."""
     meta = read_json(folder / OWN_CONFIG_FILE)
-    if meta.get("format") != FORMAT_NAME:
-        raise CheckpointError(f"{folder / OWN_CONFIG_FILE} is not a {FORMAT_NAME} model file.")
+    meta_path = folder / OWN_CONFIG_FILE
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
+        raise CheckpointError(f"{meta_path} is not a {FORMAT_NAME} model file.")
     if meta.get("format_version", 0) > FORMAT_VERSION:
         raise CheckpointError(
             f"{folder} was written by a newer bulkrnabert-sv (format {meta['format_version']}); "
             "upgrade the package to read it."
         )
-    config = _config_from(meta["config"], folder / OWN_CONFIG_FILE, **overrides)
-    genes = read_genes_file(folder / GENES_FILE) if (folder / GENES_FILE).exists() else None
+    if not isinstance(meta.get("config"), dict):
+        raise CheckpointError(
+            f"{meta_path} has no 'config' entry (the model's architecture and settings, written "
+            "by model.save), so the weights cannot be read. The file was edited or damaged: "
+            "restore it from the original save, or save the model again."
+        )
+    config = _config_from(meta["config"], meta_path, **overrides)
+    problems = []
+    if genes is not None:
+        genes_source, positions = _gene_origin(genes)
+        genes = [str(g) for g in genes]
+    elif (folder / GENES_FILE).exists():
+        genes_source = GENES_FILE
+        genes, positions, problems = read_genes_file(folder / GENES_FILE)
+    else:
+        genes_source, positions = GENES_FILE, None
+        # model.save writes genes.txt whenever the model has a gene list, and says so here.
+        if meta.get("n_genes_file"):
+            problems.append(
+                f"{GENES_FILE}: missing, although {OWN_CONFIG_FILE} says the model was saved with "
+                f"its gene list ({config.n_genes} genes); restore it from the original save "
+                "(or pass genes=[...] to load_model)"
+            )
     tensors = read_safetensors(folder / WEIGHTS_FILE)
-    return _build(config, genes, tensors, OWN_RULES, source=str(folder / WEIGHTS_FILE))
+    return _build(
+        config,
+        genes,
+        tensors,
+        OWN_RULES,
+        source=str(folder / WEIGHTS_FILE),
+        extra_problems=problems,
+        genes_source=genes_source,
+        gene_positions=positions,
+        n_genes_from=OWN_CONFIG_FILE,
+        folder=folder,
+    )
 
 
 def _config_from(values: Mapping, where: Path, **overrides) -> BulkRNABertConfig:

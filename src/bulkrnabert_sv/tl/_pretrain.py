@@ -20,21 +20,23 @@ from .._core import sharding as shard
 from .._core.data import get_modality
 from .._core.masking import check_mask_rate, marginal_log_probs, masked_sums, sample_mask
 from .._core.pretrain_checkpoint import (
+    FINAL_MODEL_DIR,
     Checkpointer,
+    CorruptCheckpointWarning,
     PretrainCheckpointError,
+    check_folder_path,
     fingerprint,
     key_name,
     prepare_folder,
 )
 from .._core.tokens import token_batches
-from ..model import PRESETS, BulkRNABert, BulkRNABertConfig, load_model
+from ..model import PRESETS, BulkRNABert, BulkRNABertConfig, CheckpointError, load_model
+from ..model.loading import _looks_like_repo_id
 from ..pp._align import strip_ensembl_version
 
-__all__ = ["PretrainCheckpointError", "pretrain"]
+__all__ = ["CorruptCheckpointWarning", "PretrainCheckpointError", "pretrain"]
 
 HISTORY_COLUMNS = ("step", "loss", "masked_accuracy", "baseline_loss", "learning_rate")
-#: Sub-folder of ``checkpoint_dir`` where the finished model is saved (read it with load_model).
-FINAL_MODEL_DIR = "model"
 _TOKENIZE_ROWS = 256
 
 
@@ -127,7 +129,10 @@ def pretrain(
     resume
         Continue from the latest checkpoint in ``checkpoint_dir`` when there is one. The folder's
         configuration (model architecture, genes, data, settings) must match this call.
-        With ``resume=False`` a folder that holds checkpoints is an error.
+        With ``resume=False`` a folder that holds checkpoints is an error. A latest checkpoint
+        that cannot be read (damaged files, a missing item) is set aside as
+        ``<step>.corrupt`` and the run resumes from the one before, with a
+        ``CorruptCheckpointWarning``.
     stop_after
         Run at most this many steps in this call, save a checkpoint and return (e.g. to fit a job
         time limit); call again with the same arguments to continue.
@@ -163,7 +168,8 @@ def pretrain(
     ValueError
         Bad settings (mask rate outside (0, 1), batch larger than the data, ...).
     PretrainCheckpointError
-        ``checkpoint_dir`` belongs to another run (the message lists what differs).
+        ``checkpoint_dir`` belongs to another run (the message lists what differs), is a file,
+        or holds no readable checkpoint.
     """
     settings = _check_settings(
         mask_rate=mask_rate,
@@ -178,6 +184,8 @@ def pretrain(
         stop_after=stop_after,
         random_state=random_state,
     )
+    if checkpoint_dir is not None:
+        check_folder_path(Path(checkpoint_dir))  # a file: refused before any work is done
     adata = get_modality(data, mod)
     net = _initial_model(model, adata, genes=genes, gene_key=gene_key, seed=random_state)
     tokens = _tokens(adata, net, layer=layer, gene_key=gene_key)
@@ -211,10 +219,13 @@ def pretrain(
     )
     history: list[dict] = []
     resumed_from = None
-    if checkpointer is not None and resume and checkpointer.latest_step() is not None:
-        resumed_from = checkpointer.latest_step()
-        state, meta = checkpointer.restore(resumed_from, state)
-        history = [dict(zip(HISTORY_COLUMNS, row)) for row in meta["history"]]
+    if checkpointer is not None and resume:
+        # The newest readable checkpoint (a damaged latest one is set aside with a warning);
+        # checkpoints beyond the two kept, which a killed run can leave, are deleted.
+        restored = checkpointer.restore_latest(state)
+        if restored is not None:
+            resumed_from, state, meta = restored
+            history = [dict(zip(HISTORY_COLUMNS, row)) for row in meta["history"]]
 
     learning_rates = np.asarray(jax.jit(jax.vmap(_schedule(settings)))(np.arange(steps)))
     learning_rates = learning_rates.astype(np.float32)
@@ -414,7 +425,7 @@ def _initial_model(model, adata, *, genes, gene_key, seed: int) -> BulkRNABert:
                 "genes= sets the vocabulary of a new model; a model to continue from keeps its "
                 "own (the data are aligned to model.genes). Drop genes=, or pass a preset name."
             )
-        net = nnx.clone(model) if isinstance(model, BulkRNABert) else load_model(model)
+        net = nnx.clone(model) if isinstance(model, BulkRNABert) else _load(model)
         if net.genes is None:
             raise ValueError(
                 "The model has no gene list, so the data cannot be aligned to it. Load it from a "
@@ -430,6 +441,22 @@ def _initial_model(model, adata, *, genes, gene_key, seed: int) -> BulkRNABert:
     net.source = None
     net.revision = None
     return net
+
+
+def _load(source: str | os.PathLike) -> BulkRNABert:
+    """``load_model(source)``; a name that is neither a folder nor a repo id lists the presets."""
+    try:
+        return load_model(source)
+    except CheckpointError:
+        text = str(source)
+        if isinstance(source, str) and not Path(text).expanduser().exists():
+            if not _looks_like_repo_id(text):
+                raise ValueError(
+                    f"model={source!r} is not a preset name (one of {sorted(PRESETS)}), an "
+                    "existing checkpoint folder or a Hugging Face repo id (like "
+                    "'InstaDeepAI/BulkRNABert'). Pass one of those, or a BulkRNABertConfig."
+                ) from None
+        raise
 
 
 def _input_vocabulary(adata, gene_key: str | None) -> tuple[str, ...]:
