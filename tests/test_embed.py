@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 import tracemalloc
+import warnings
 
 import anndata as ad
 import h5py
@@ -18,8 +19,10 @@ import pytest
 import scipy.sparse as sp
 
 import bulkrnabert_sv as bs
-from bulkrnabert_sv._core.checks import ExpressionValueError
+from bulkrnabert_sv._core import inference
+from bulkrnabert_sv._core.checks import ExpressionValueError, ExpressionValueWarning
 from bulkrnabert_sv._core.inference import _Runner, embed_token_array
+from bulkrnabert_sv._core.tokens import token_batches
 from bulkrnabert_sv.model import random_model
 from conftest import ROOT
 
@@ -69,6 +72,8 @@ def test_embed_equals_a_direct_model_call(model):
     assert embeddings.dtype == np.float32 and embeddings.shape == (9, 16)
     np.testing.assert_allclose(embeddings, reference_embeddings(model, adata), atol=2e-6)
     uns = adata.uns["bulkrnabert"]
+    fingerprints = {k: uns["params"].pop(k) for k in ("model_sha256", "tokens_sha256")}
+    assert all(len(v) == 64 and int(v, 16) >= 0 for v in fingerprints.values())
     assert uns["params"] == {
         "model": "in-memory model",
         "revision": "",
@@ -304,15 +309,159 @@ def test_batches_are_sharded_over_several_devices():
     assert result["max_diff"] < 1e-6
 
 
-def test_runner_pads_to_one_shape(model):
-    runner = _Runner(model, layer=-1, batch_size=5, devices=None)
-    tokens = np.zeros((2, N_VOCAB), dtype=np.int32)
-    out, n = runner.dispatch(tokens)
-    assert out.shape == (5, 16) and n == 2
+def test_runner_shapes_full_and_partial_batches(model):
+    runner = _Runner(model, layer=-1, batch_size=16, devices=None)
+    assert runner.batch_size == 16
+    assert [runner.padded_size(n) for n in (1, 2, 3, 4, 5, 8, 9, 15, 16)] == [
+        1,
+        2,
+        4,
+        4,
+        8,
+        8,
+        16,
+        16,
+        16,
+    ]
+    # Few compiled shapes whatever the length of the last batch.
+    assert {runner.padded_size(n) for n in range(1, 17)} == {1, 2, 4, 8, 16}
+    out, n = runner.dispatch(np.zeros((3, N_VOCAB), dtype=np.int32))
+    assert out.shape == (4, 16) and n == 3
+    # The full shape is capped at the number of samples.
+    assert _Runner(model, layer=-1, batch_size=10**6, devices=None, n_obs=4).batch_size == 4
     with pytest.raises(ValueError, match="tokens must have shape"):
         runner.dispatch(np.zeros((2, 3), dtype=np.int32))
     empty = embed_token_array(model, np.zeros((0, N_VOCAB), dtype=np.int32))
     assert empty.shape == (0, 16)
+
+
+def _record_model_batches(monkeypatch, max_rows: int) -> list[tuple[int, ...]]:
+    """Shapes of the token arrays fed to the compiled model; more than ``max_rows`` rows fail."""
+    shapes: list[tuple[int, ...]] = []
+    real = inference._mean_embedding
+
+    def recording(graphdef, state, tokens, *, layer):
+        shapes.append(tuple(tokens.shape))
+        # Fail before computing: an over-padded batch could take all the memory there is.
+        assert tokens.shape[0] <= max_rows, f"batch of {tokens.shape[0]} rows for {max_rows}"
+        return real(graphdef, state, tokens, layer=layer)
+
+    monkeypatch.setattr(inference, "_mean_embedding", recording)
+    return shapes
+
+
+@pytest.mark.parametrize(
+    ("n_obs", "batch_size", "fed"),
+    [
+        (4, 10**6, [4]),  # was one batch of 10**6 rows (190 GB with the full model)
+        (1, 8, [1]),  # was 8 rows of compute for 1 sample
+        (5, 8, [5]),
+        (9, 4, [4, 4, 1]),
+        (11, 4, [4, 4, 4]),  # last batch of 3: padded to 4 (a power of two)
+        (13, 8, [8, 8]),  # 5 -> 8
+        (19, 16, [16, 4]),  # 3 -> 4, not 16
+    ],
+)
+def test_batches_are_not_padded_beyond_the_data(model, monkeypatch, n_obs, batch_size, fed):
+    adata = simulated_tpm(n_obs, seed=n_obs)
+    shapes = _record_model_batches(monkeypatch, max_rows=n_obs)
+    bs.tl.embed(adata, model, batch_size=batch_size, progress=False)
+    assert shapes == [(rows, N_VOCAB) for rows in fed]
+    np.testing.assert_allclose(
+        adata.obsm["X_bulkrnabert"], reference_embeddings(model, adata), rtol=0, atol=2e-6
+    )
+
+
+def test_token_arrays_are_not_padded_beyond_the_data(model, monkeypatch):
+    tokens = np.random.default_rng(5).integers(0, 64, (3, N_VOCAB)).astype(np.int32)
+    shapes = _record_model_batches(monkeypatch, max_rows=3)
+    out = embed_token_array(model, tokens, batch_size=1000)
+    assert shapes == [(3, N_VOCAB)]
+    np.testing.assert_allclose(out, np.asarray(model.mean_embedding(tokens)), rtol=0, atol=2e-6)
+
+
+# ------------------------------------------------------------------------------ value checks
+def _value_warnings(record) -> list:
+    return [w for w in record if issubclass(w.category, ExpressionValueWarning)]
+
+
+def test_every_batch_is_checked_and_named_in_one_warning(model):
+    tpm = simulated_tpm(16, seed=8)
+    values = np.asarray(tpm.X).copy()
+    values[8:] = np.log2(values[8:] + 1)  # the second batch of 8 is log-transformed
+    adata = ad.AnnData(values, obs=tpm.obs, var=tpm.var)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        bs.tl.embed(adata, model, batch_size=8, progress=False)
+    found = _value_warnings(record)
+    assert len(found) == 1, [str(w.message) for w in found]
+    message = str(found[0].message)
+    assert "X, checked in full (16 samples): 8 sample(s) look log-transformed" in message
+    assert "'s8', 's9', 's10', 's11', 's12' and 3 more" in message and "2**x - 1" in message
+    assert "'s7'" not in message
+    assert found[0].filename == __file__  # points at the caller's line
+    assert "X_bulkrnabert" in adata.obsm  # a warning, not an error
+
+
+def test_unexpressed_samples_and_several_problems_in_later_batches(model):
+    adata = simulated_tpm(10, seed=9)
+    values = np.asarray(adata.X).copy()
+    in_vocabulary = np.array([v.split(".")[0] in set(VOCAB) for v in adata.var_names])
+    assert 0 < in_vocabulary.sum() < len(in_vocabulary)
+    values[3] = 0.0  # no value at all
+    values[7, in_vocabulary] = 0.0  # expressed only in genes the model does not have
+    values[9] = np.round(values[9] * 5)  # raw counts (integers, library size 4.5e6)
+    adata.X = values
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        bs.tl.embed(adata, model, batch_size=3, progress=False)
+    found = _value_warnings(record)
+    assert len(found) == 1, [str(w.message) for w in found]
+    message = str(found[0].message)
+    counts = "1 sample(s) look like raw counts (integer values, library size above 1e6: 's9')"
+    unexpressed = "2 sample(s) have no expressed model gene (TPM 0 on all of the model's genes: "
+    assert counts in message and unexpressed + "'s3', 's7')" in message
+    assert message.index("raw counts") < message.index("no expressed model gene")
+
+
+def test_clean_tpm_gives_no_value_warning(model):
+    adata = simulated_tpm(12, seed=10)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        bs.tl.embed(adata, model, batch_size=5, progress=False)
+    assert not _value_warnings(record)
+
+
+# ------------------------------------------------------------------------------ argument types
+@pytest.mark.parametrize("batch_size", ["4", 4.0, True, None])
+def test_batch_size_of_another_type_is_a_type_error(model, batch_size):
+    adata = simulated_tpm(4)
+    with pytest.raises(TypeError, match="batch_size must be"):
+        bs.tl.embed(adata, model, batch_size=batch_size, progress=False)
+    assert "X_bulkrnabert" not in adata.obsm
+
+
+@pytest.mark.parametrize("embedding_layer", [2.0, True, False, "1", None])
+def test_embedding_layer_of_another_type_is_a_type_error(model, embedding_layer):
+    adata = simulated_tpm(4)
+    with pytest.raises(TypeError, match=r"embedding_layer must be an integer block index"):
+        bs.tl.embed(adata, model, embedding_layer=embedding_layer, progress=False)
+    assert "X_bulkrnabert" not in adata.obsm
+    # NumPy integers are integers.
+    bs.tl.embed(adata, model, embedding_layer=np.int64(1), progress=False)
+    assert adata.uns["bulkrnabert"]["params"]["embedding_layer"] == 1
+
+
+def test_internal_entry_points_check_types_too(model):
+    tokens = np.zeros((2, N_VOCAB), dtype=np.int32)
+    with pytest.raises(TypeError, match=r"batch_size must be a positive integer.*got '4'"):
+        embed_token_array(model, tokens, batch_size="4")
+    with pytest.raises(ValueError, match="batch_size must be >= 1, got 0"):
+        embed_token_array(model, tokens, batch_size=0)
+    with pytest.raises(TypeError, match="layer must be an integer block index"):
+        embed_token_array(model, tokens, layer=True)
+    with pytest.raises(TypeError, match="batch_size must be a positive integer"):
+        token_batches(simulated_tpm(2), model, batch_size=2.5)
 
 
 # ------------------------------------------------------------------------------ scanpy

@@ -1,6 +1,13 @@
-"""Sample embeddings from token batches: one compiled function, padded batches, data parallel.
+"""Sample embeddings from token batches: few compiled shapes, little padding, data parallel.
 
 Used by :func:`bulkrnabert_sv.tl.embed`, the fine-tuning probe and the demo.
+
+Batch shapes: a full batch has ``min(batch_size, n_obs)`` rows, so a batch size above the
+number of samples costs nothing; a shorter (last) batch of ``n`` rows is padded only up to the
+next power of two (at most the full batch), which is less padding than ``n`` rows. A call
+compiles at most two shapes (full and last), and over calls with one batch size the last
+batches share at most ``log2(batch_size) + 1`` shapes. With several devices every shape is
+rounded up to a multiple of their number.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from .checks import check_layer_index, check_positive_int
 from .sharding import batch_sharding, data_mesh, replicated
 
 
@@ -22,15 +30,29 @@ def _mean_embedding(graphdef, state, tokens, *, layer: int):
 
 
 class _Runner:
-    """Holds a model split for ``_mean_embedding``, its params placed on the devices."""
+    """Holds a model split for ``_mean_embedding``, its params placed on the devices.
 
-    def __init__(self, model, *, layer: int, batch_size: int, devices: Sequence | None):
-        self.layer = model._resolve_layer(layer)
+    ``batch_size`` here is the full batch shape: ``min(batch_size, n_obs)`` (when ``n_obs`` is
+    known) rounded up to a multiple of the device count.
+    """
+
+    def __init__(
+        self,
+        model,
+        *,
+        layer: int,
+        batch_size: int,
+        devices: Sequence | None,
+        n_obs: int | None = None,
+    ):
+        self.layer = model._resolve_layer(check_layer_index(layer, "layer"))
         self.n_genes = model.config.n_genes
         devices = list(jax.local_devices() if devices is None else devices)
         self.n_devices = len(devices)
-        # Pad every batch to one shape, a multiple of the device count: one compilation.
-        self.batch_size = -(-max(batch_size, 1) // self.n_devices) * self.n_devices
+        size = check_positive_int(batch_size, "batch_size")
+        if n_obs is not None:  # never pad beyond the data
+            size = min(size, max(int(n_obs), 1))
+        self.batch_size = self._round_to_devices(size)
         self.graphdef, state = nnx.split(model)
         if self.n_devices > 1:
             mesh = data_mesh(devices)
@@ -48,11 +70,24 @@ class _Runner:
                 f"tokens must have shape (batch, {self.n_genes}), got {tuple(tokens.shape)}"
             )
         n = tokens.shape[0]
-        size = max(self.batch_size, -(-n // self.n_devices) * self.n_devices)
+        size = self.padded_size(n)
         if n < size:  # pad with zeros (not expressed); padded rows are sliced away
             tokens = np.concatenate([tokens, np.zeros((size - n, self.n_genes), np.int32)])
         placed = jax.device_put(tokens, self.token_sharding)
         return _mean_embedding(self.graphdef, self.state, placed, layer=self.layer), n
+
+    def padded_size(self, n: int) -> int:
+        """Rows fed to the model for a batch of ``n`` rows.
+
+        The full shape; for a shorter batch the next power of two, capped at the full shape;
+        always a multiple of the device count.
+        """
+        if n >= self.batch_size:
+            return self._round_to_devices(n)
+        return min(self.batch_size, self._round_to_devices(1 << max(n - 1, 0).bit_length()))
+
+    def _round_to_devices(self, n: int) -> int:
+        return -(-max(n, 1) // self.n_devices) * self.n_devices
 
 
 def embed_tokens(
@@ -81,25 +116,35 @@ def embed_tokens(
         Show a progress bar (samples).
     n_obs, batch_size
         Number of samples and batch size; default ``batches.n_obs`` / ``batches.batch_size``
-        (else: the largest ``stop`` and the first batch's size).
+        (else: the largest ``stop`` and the first batch's size). Batches are fed to the model
+        with ``min(batch_size, n_obs)`` rows; a shorter one is padded to the next power of two
+        at most.
     devices
         Devices to shard batches over (default ``jax.local_devices()``). With several, each batch
         is split along the sample axis (``jax.sharding``) and the parameters are replicated.
 
     Returns
     -------
-    float32 array (n_obs, embed_dim). Every batch is padded to the same size so that one compiled
-    function serves all of them; padding rows never change the result.
+    float32 array (n_obs, embed_dim). Padding rows never change the result.
     """
     from tqdm.auto import tqdm
 
+    check_layer_index(layer, "layer")
     n_obs = getattr(batches, "n_obs", None) if n_obs is None else n_obs
     batch_size = getattr(batches, "batch_size", None) if batch_size is None else batch_size
+    if batch_size is not None:
+        batch_size = check_positive_int(batch_size, "batch_size")
     iterator = iter(batches)
     first = next(iterator, None)
     if first is None:
         return np.zeros((n_obs or 0, model.config.embed_dim), dtype=np.float32)
-    runner = _Runner(model, layer=layer, batch_size=batch_size or len(first[2]), devices=devices)
+    runner = _Runner(
+        model,
+        layer=layer,
+        batch_size=batch_size or max(len(first[2]), 1),
+        devices=devices,
+        n_obs=n_obs,
+    )
     parts: dict[int, np.ndarray] = {}
     stops: dict[int, int] = {}
     with tqdm(total=n_obs, disable=not progress, desc=desc, unit="sample") as bar:
@@ -146,8 +191,7 @@ def embed_token_array(
 ) -> np.ndarray:
     """Mean embeddings (n, embed_dim) float32 of an in-memory token array (n, n_genes)."""
     tokens = np.asarray(tokens)
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+    batch_size = check_positive_int(batch_size, "batch_size")
     n = tokens.shape[0]
     batches = (
         (start, min(start + batch_size, n), tokens[start : start + batch_size])

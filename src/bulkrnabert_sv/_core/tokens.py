@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..pp._align import GeneAlignment, align_genes
-from .checks import check_tpm_rows
+from .checks import TpmRowReport, check_positive_int
 from .data import get_matrix, get_modality, iter_row_batches
 
 
@@ -17,7 +17,11 @@ class TokenBatches:
     """Iterable of ``(start, stop, tokens)`` over an AnnData's rows, with its gene alignment.
 
     ``tokens`` is an int32 array (stop - start, n_genes) in model order. Only one row batch of
-    the expression matrix is densified at a time.
+    the expression matrix is densified at a time. With ``check``, every batch is checked: NaN,
+    infinite or negative values raise at their batch; samples that look like counts, log values
+    or not TPM, or that have no expressed model gene, are gathered over all batches and named
+    in one :class:`~bulkrnabert_sv._core.checks.ExpressionValueWarning` once the last batch
+    has been read (one per iteration).
     """
 
     matrix: object
@@ -26,6 +30,8 @@ class TokenBatches:
     batch_size: int
     where: str = "X"
     check: bool = True
+    #: Sample names by row (``obs_names``), for the warning; None numbers the rows.
+    names: Sequence | None = None
 
     @property
     def n_obs(self) -> int:
@@ -35,12 +41,18 @@ class TokenBatches:
         return -(-self.n_obs // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[int, int, np.ndarray]]:
+        report = TpmRowReport(self.where) if self.check else None
         for start, stop, rows in iter_row_batches(self.matrix, self.batch_size):
-            if self.check:
-                check_tpm_rows(rows, where=self.where, first_row=start, warn=start == 0)
+            if report is not None:  # raises at NaN, inf, negative values: before tokenizing
+                report.add(rows, first_row=start)
             tokens = self.model.tokenize(self.alignment.transform(rows))
+            if report is not None:
+                # All tokens 0: nothing expressed among the model's genes (TPM 0, or absent).
+                report.add_unexpressed(~tokens.any(axis=1), first_row=start)
             del rows  # hold at most one batch of the input at a time
             yield start, stop, tokens
+        if report is not None:  # every batch read: one warning for the whole matrix
+            report.warn(self.names)
 
 
 def token_batches(
@@ -58,12 +70,15 @@ def token_batches(
 
     The alignment runs (and warns) immediately; the input values are checked batch by batch.
     """
+    batch_size = check_positive_int(batch_size, "batch_size")
     adata = get_modality(data, mod)
     matrix = get_matrix(adata, layer)
     if alignment is None:
         alignment = align_genes(adata, model, gene_key=gene_key)
     where = "X" if layer is None else f"layers[{layer!r}]"
-    return TokenBatches(matrix, alignment, model, batch_size, where=where, check=check)
+    return TokenBatches(
+        matrix, alignment, model, batch_size, where=where, check=check, names=adata.obs_names
+    )
 
 
 def all_tokens(data, model, **kwargs) -> tuple[np.ndarray, GeneAlignment]:
