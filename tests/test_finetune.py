@@ -243,17 +243,18 @@ def test_user_model_is_not_modified(trained, encoder, method):
 
 
 # ------------------------------------------------------------------------------- options
+@pytest.mark.filterwarnings("ignore:tl.* replaces the existing")
 def test_probe_reuses_embeddings_of_the_same_model_and_layer(encoder, cohort):
     model = nnx.clone(encoder)
     model.source = "local/model"
     data = cohort.copy()
+    bs.tl.embed(data, model, progress=False)  # records the fingerprints of model and tokens
     rng = np.random.default_rng(0)
     labels = data.obs["cancer_type"].cat.codes.to_numpy()
     stored = rng.normal(scale=0.1, size=(300, 64)).astype(np.float32)
     stored[np.arange(300), labels] += 3.0  # an embedding that makes the task trivial
     data.obsm["X_bulkrnabert"] = stored
-    params = {"model": "local/model", "revision": "", "embedding_layer": 2, "layer": "X"}
-    data.uns["bulkrnabert"] = {"params": {**params, "gene_key": "var_names"}}
+    params = dict(data.uns["bulkrnabert"]["params"])
     kw = dict(method="probe", model=model, progress=False, epochs=60)
     fitted = bs.tl.finetune(data, "cancer_type", **kw)
     assert fitted.params["reused_embeddings"] is True
@@ -261,11 +262,13 @@ def test_probe_reuses_embeddings_of_the_same_model_and_layer(encoder, cohort):
     written = data.obsm["cancer_type_bulkrnabert_proba"].copy()
     # tl.predict reuses them too; model.predict always recomputes from the expression.
     assert not np.allclose(written, fitted.predict(data).to_numpy())
-    bs.tl.predict(data, fitted, progress=False)
+    with pytest.warns(UserWarning, match="replaces the existing obs"):
+        bs.tl.predict(data, fitted, progress=False)
     np.testing.assert_array_equal(data.obsm["cancer_type_bulkrnabert_proba"], written)
     for change in ({"embedding_layer": 1}, {"model": "other"}, {"layer": "tpm"}):
         data.uns["bulkrnabert"] = {"params": {**params, **change}}
-        assert bs.tl.finetune(data, "cancer_type", **kw).params["reused_embeddings"] is False
+        refit = bs.tl.finetune(data, "cancer_type", copy=True, **kw)[1]
+        assert refit.params["reused_embeddings"] is False
 
 
 def test_class_weight_balanced_and_early_stopping(encoder, cohort):

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import warnings
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .._core.checks import check_layer_index
 from .._core.data import get_modality
 from .._version import __version__
 
@@ -21,6 +26,227 @@ DEFAULT_KEY = "X_bulkrnabert"
 def uns_key_for(key_added: str) -> str:
     """The ``uns`` key for an ``obsm`` key: ``"X_bulkrnabert"`` → ``"bulkrnabert"``."""
     return key_added[2:] if key_added.startswith("X_") and len(key_added) > 2 else key_added
+
+
+# ------------------------------------------------------------------------------ keys of others
+#: ``obsm`` keys written by scanpy (``pp.pca``, ``tl.umap``, ``tl.tsne``, ``tl.diffmap``; and
+#: ``tl.draw_graph``, whose keys start with ``"X_draw_graph_"``) and by the integrations of
+#: ``scanpy.external`` (harmony, scanorama, phate, trimap). ``tl.embed`` refuses them as
+#: ``key_added``.
+SCANPY_OBSM_KEYS = frozenset(
+    {
+        "X_pca",
+        "X_umap",
+        "X_tsne",
+        "X_diffmap",
+        "X_pca_harmony",
+        "X_scanorama",
+        "X_phate",
+        "X_trimap",
+    }
+)
+SCANPY_OBSM_PREFIXES = ("X_draw_graph_",)
+#: ``uns`` keys written by scanpy tools (plus any ``"<key>_colors"``, its plotting palettes).
+#: ``tl.embed`` refuses a ``key_added`` whose ``uns`` key (``key_added`` without ``"X_"``) is
+#: one of them.
+SCANPY_UNS_KEYS = frozenset(
+    {
+        "pca",
+        "umap",
+        "tsne",
+        "diffmap_evals",
+        "draw_graph",
+        "neighbors",
+        "leiden",
+        "louvain",
+        "paga",
+        "rank_genes_groups",
+        "dendrogram",
+        "hvg",
+        "log1p",
+        "iroot",
+    }
+)
+#: ``obs`` columns written by scanpy (clustering, pseudotime, quality control, doublets).
+#: ``tl.finetune`` and ``tl.predict`` refuse them as ``key_added``.
+SCANPY_OBS_KEYS = frozenset(
+    {
+        "leiden",
+        "louvain",
+        "dpt_pseudotime",
+        "dpt_groups",
+        "dpt_order",
+        "dpt_order_indices",
+        "n_genes",
+        "n_counts",
+        "n_genes_by_counts",
+        "total_counts",
+        "log1p_n_genes_by_counts",
+        "log1p_total_counts",
+        "doublet_score",
+        "predicted_doublet",
+    }
+)
+
+
+def check_embed_key(key_added) -> None:
+    """Refuse a ``key_added`` that is not a string or names a field scanpy writes."""
+    if not isinstance(key_added, str) or not key_added:
+        raise ValueError(f"key_added must be a non-empty string, got {key_added!r}.")
+    uns_key = uns_key_for(key_added)
+    if key_added in SCANPY_OBSM_KEYS or key_added.startswith(SCANPY_OBSM_PREFIXES):
+        owner = f"obsm[{key_added!r}]"
+    elif uns_key in SCANPY_UNS_KEYS or uns_key.endswith("_colors"):
+        owner = f"uns[{uns_key!r}] (where tl.embed would write its parameters)"
+    elif uns_key.endswith("_finetune"):
+        raise ValueError(
+            f"key_added={key_added!r} would write tl.embed's parameters into uns[{uns_key!r}], "
+            "where tl.finetune keeps its records. Choose another name, e.g. the default "
+            f"{DEFAULT_KEY!r}."
+        )
+    else:
+        return
+    raise ValueError(
+        f"key_added={key_added!r} is not allowed: {owner} belongs to scanpy, and writing there "
+        "would replace or contradict its results. Choose another name, e.g. the default "
+        f"{DEFAULT_KEY!r} or 'X_bulkrnabert_<something>'."
+    )
+
+
+def warn_overwrite(fields: list[str], function: str, *, stacklevel: int) -> None:
+    """Warn that ``fields`` (already in the object) are about to be replaced."""
+    if not fields:
+        return
+    warnings.warn(
+        f"{function} replaces the existing {' and '.join(fields)} (from an earlier run?). "
+        "Pass key_added=<another name> to keep both.",
+        UserWarning,
+        stacklevel=stacklevel + 1,
+    )
+
+
+# ------------------------------------------------------------------------------ argument types
+def check_data(data, function: str) -> None:
+    """Refuse, with what to do instead, anything but an AnnData or a MuData."""
+    from anndata import AnnData
+
+    if isinstance(data, AnnData) or isinstance(getattr(data, "mod", None), Mapping):
+        return
+    import pandas as pd
+
+    if isinstance(data, pd.DataFrame):
+        raise TypeError(
+            f"{function} takes an AnnData (or a MuData), got a pandas DataFrame. Wrap it first: "
+            "adata = anndata.AnnData(df) with samples as rows and gene ids as columns (use "
+            f"anndata.AnnData(df.T) if genes are rows), then call {function}(adata, ...)."
+        )
+    raise TypeError(
+        f"{function} takes an AnnData (or a MuData) of samples × genes holding TPM, got "
+        f"{type(data).__name__}. Build one with anndata.AnnData(X, "
+        "var=pandas.DataFrame(index=gene_ids))."
+    )
+
+
+# ------------------------------------------------------------------------------ fingerprints
+#: Config fields that change speed or memory only (``BulkRNABertConfig``), left out of the model
+#: fingerprint.
+_EXECUTION_FIELDS = ("attention_implementation", "attention_block_q", "attention_block_k", "remat")
+
+
+def model_fingerprint(model) -> str:
+    """sha256 of what determines a model's embeddings: config, genes and every parameter.
+
+    Execution settings (attention implementation, block sizes, remat) are left out; the
+    compute dtype is kept. About 20 ms for the full-size model (20 MB of parameters).
+    """
+    import dataclasses
+
+    import jax
+    from flax import nnx
+
+    from ..model.checkpoints import flat_state
+
+    digest = hashlib.sha256(b"bulkrnabert-sv model v1\n")
+    config = {
+        k: v for k, v in dataclasses.asdict(model.config).items() if k not in _EXECUTION_FIELDS
+    }
+    digest.update(json.dumps(config, sort_keys=True).encode())
+    digest.update(json.dumps(None if model.genes is None else list(model.genes)).encode())
+    for name, variable in sorted(flat_state(model, nnx.Param).items()):
+        value = np.ascontiguousarray(jax.device_get(variable[...]))
+        digest.update(f"\n{name}:{value.dtype.str}:{value.shape}\n".encode())
+        digest.update(memoryview(value).cast("B"))
+    return digest.hexdigest()
+
+
+class HashingBatches:
+    """Token batches that hash their tokens while they stream past.
+
+    Wraps :func:`~bulkrnabert_sv._core.tokens.token_batches`; after a complete pass,
+    ``hexdigest`` is the sha256 of all tokens in row order (int32), the same for any batch size.
+    Tokens are what the encoder sees: they change when the expression values, the gene alignment
+    or the order of the samples change.
+    """
+
+    def __init__(self, batches):
+        self.batches = batches
+        self.n_obs = batches.n_obs
+        self.batch_size = batches.batch_size
+        self.alignment = batches.alignment
+        self.hexdigest: str | None = None
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self) -> Iterator[tuple[int, int, np.ndarray]]:
+        self.hexdigest = None
+        digest = None
+        expected = 0
+        for start, stop, tokens in self.batches:
+            block = np.ascontiguousarray(tokens, dtype="<i4")
+            if digest is None:
+                digest = hashlib.sha256(f"bulkrnabert-sv tokens v1 {block.shape[1]}\n".encode())
+            if start != expected:  # token_batches yields rows in order
+                raise RuntimeError(f"Token batches out of order: {start} after {expected}.")
+            digest.update(memoryview(block).cast("B"))
+            expected = stop
+            yield start, stop, tokens
+        if expected == self.n_obs:
+            self.hexdigest = (digest or hashlib.sha256(b"no samples")).hexdigest()
+
+    def consume(self) -> str:
+        """Read every batch (no embedding) and return the digest."""
+        for _ in self:
+            pass
+        return self.hexdigest
+
+
+def stale_reason(params: Mapping, model, batches: HashingBatches) -> str | None:
+    """Why embeddings recorded with ``params`` are not those of ``model`` on ``batches``.
+
+    ``None`` when the fingerprints ``tl.embed`` stored (``model_sha256``, ``tokens_sha256``)
+    match; otherwise a sentence for a warning. Reads ``batches`` once (no embedding) when the
+    model matches.
+    """
+    stored_model, stored_tokens = params.get("model_sha256"), params.get("tokens_sha256")
+    if not isinstance(stored_model, str) or not isinstance(stored_tokens, str):
+        return (
+            "its record uns['bulkrnabert']['params'] has no fingerprint of the data and the "
+            "model (it was written by an older bulkrnabert-sv or by hand), so it cannot be "
+            "checked"
+        )
+    if stored_model != model_fingerprint(model):
+        return (
+            "the model's weights or configuration differ from those of the model that computed "
+            "them (same source, different contents)"
+        )
+    if stored_tokens != batches.consume():
+        where = batches.batches.where if hasattr(batches.batches, "where") else "X"
+        return (
+            f"the expression values in {where} (or the genes or samples) differ from those "
+            "tl.embed embedded: the data changed after tl.embed"
+        )
+    return None
 
 
 def embed(
@@ -65,7 +291,14 @@ def embed(
         Samples per forward pass. Results do not depend on it (up to float rounding, ~1e-7).
     key_added
         ``obsm`` key of the embeddings. The ``uns`` key is ``key_added`` without a leading
-        ``"X_"`` (``"bulkrnabert"`` for the default).
+        ``"X_"`` (``"bulkrnabert"`` for the default). Keys of scanpy's fields are refused
+        (``X_pca``, ``X_umap``, ``X_tsne``, ``X_diffmap``, ``X_draw_graph_*``,
+        ``X_pca_harmony``, ``X_scanorama``, ``X_phate``, ``X_trimap``, and keys whose ``uns``
+        key is ``pca``, ``umap``, ``tsne``, ``diffmap_evals``, ``draw_graph``, ``neighbors``,
+        ``leiden``, ``louvain``, ``paga``, ``rank_genes_groups``, ``dendrogram``, ``hvg``,
+        ``log1p``, ``iroot``, ``*_colors``), as are ``uns`` keys ending in ``"_finetune"``
+        (:func:`~bulkrnabert_sv.tl.finetune`'s records). Replacing the fields of an earlier
+        run warns.
     copy
         Return a modified copy instead of writing to ``data``. For backed data: not possible
         (it would load X; use ``copy=False``), except for a view of backed data, where it is
@@ -85,7 +318,12 @@ def embed(
         ``""``), ``layer`` (``"X"`` or the layer name), ``gene_key``, ``embedding_layer``
         (1-indexed block), ``pooling`` (``"mean"`` over all model genes),
         ``normalization_factor``, ``n_genes``, ``embed_dim``, ``num_layers``,
-        ``gene_coverage`` (fraction of model genes found) and ``package_version``.
+        ``gene_coverage`` (fraction of model genes found), ``package_version``, and two
+        fingerprints: ``model_sha256`` (the model's config, genes and weights) and
+        ``tokens_sha256`` (the tokens embedded, made from the expression values while they
+        were read). :func:`~bulkrnabert_sv.tl.finetune` and :func:`~bulkrnabert_sv.tl.predict`
+        reuse ``obsm[key_added]`` only when both still match, and otherwise recompute with a
+        warning saying why (X changed, or the model did).
     ``uns[uns_key]["genes"]``
         The gene alignment report (:meth:`~bulkrnabert_sv.pp.GeneAlignment.report`): ``id_type``,
         ``gene_key``, ``n_vocabulary``, ``n_input``, ``n_matched``, ``n_missing``,
@@ -94,23 +332,48 @@ def embed(
 
     Nothing else in ``data`` changes; if the call fails, ``data`` is left as it was.
 
+    Raises
+    ------
+    TypeError
+        ``data`` is not an AnnData or MuData (a DataFrame: wrap it in ``anndata.AnnData``);
+        ``model`` is a fine-tuned model (pass its ``encoder``).
+    ValueError
+        A bad argument, e.g. a ``key_added`` that belongs to scanpy.
+
+    Warns
+    -----
+    UserWarning
+        ``obsm[key_added]`` or its ``uns`` entry exists and is replaced.
+
     Examples
     --------
     >>> import bulkrnabert_sv as bs, scanpy as sc
     >>> bs.tl.embed(adata)  # doctest: +SKIP
     >>> sc.pp.neighbors(adata, use_rep="X_bulkrnabert"); sc.tl.umap(adata)  # doctest: +SKIP
     """
+    from .._core.finetuned import FinetunedModel
     from .._core.inference import embed_tokens
     from .._core.tokens import token_batches
     from ..model import BulkRNABert, load_model
 
     _check_arguments(batch_size=batch_size, key_added=key_added)
+    check_layer_index(embedding_layer, "embedding_layer")  # 2.0, "2", True: TypeError
+    check_embed_key(key_added)
+    check_data(data, "tl.embed")
     adata = get_modality(data, mod)
     _check_backed(adata, copy=copy)
+    if isinstance(model, FinetunedModel):
+        raise TypeError(
+            "tl.embed takes an encoder (BulkRNABert) or a model source, got a fine-tuned model. "
+            "Embed with its encoder: tl.embed(adata, tuned.encoder), or predict with "
+            "tl.predict(adata, tuned)."
+        )
     if not isinstance(model, BulkRNABert):
         model = load_model(model)
     resolved_layer = model._resolve_layer(embedding_layer)
-    batches = token_batches(adata, model, layer=layer, gene_key=gene_key, batch_size=batch_size)
+    batches = HashingBatches(
+        token_batches(adata, model, layer=layer, gene_key=gene_key, batch_size=batch_size)
+    )
     embeddings = embed_tokens(model, batches, layer=resolved_layer, progress=progress)
     alignment = batches.alignment
     params = {
@@ -126,6 +389,8 @@ def embed(
         "num_layers": int(model.config.num_layers),
         "gene_coverage": float(alignment.coverage),
         "package_version": __version__,
+        "model_sha256": model_fingerprint(model),
+        "tokens_sha256": batches.hexdigest,
     }
     result = {"params": params, "genes": alignment.report()}
 
@@ -133,7 +398,12 @@ def embed(
         target = data.to_memory() if adata.isbacked and data is adata else data.copy()
     else:
         target = data
-    _write(get_modality(target, mod), key_added, embeddings, result)
+    written = get_modality(target, mod)
+    existing = [f"obsm[{key_added!r}]"] if key_added in written.obsm else []
+    if uns_key_for(key_added) in written.uns:
+        existing.append(f"uns[{uns_key_for(key_added)!r}]")
+    warn_overwrite(existing, "tl.embed", stacklevel=2)
+    _write(written, key_added, embeddings, result)
     return target if copy else None
 
 

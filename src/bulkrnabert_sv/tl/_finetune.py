@@ -4,7 +4,8 @@ Three ways to adapt the encoder (the paper's two downstream tasks use the first 
 
 ``"probe"``
     Frozen encoder; an MLP head is trained on the mean embeddings (computed once, or reused from
-    ``obsm["X_bulkrnabert"]`` when ``tl.embed`` made them with the same model and layer).
+    ``obsm["X_bulkrnabert"]`` when ``tl.embed`` made them with the same model and layer, and
+    its fingerprints show that neither the expression values nor the model changed since).
 ``"ia3"``
     IA3 (Liu et al. 2022): learned vectors rescale keys, values and the FFN activation of every
     block; the backbone stays frozen. Trained with the head.
@@ -15,6 +16,8 @@ Three ways to adapt the encoder (the paper's two downstream tasks use the first 
 from __future__ import annotations
 
 import numbers
+import os
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Literal
 
@@ -24,6 +27,8 @@ from flax import nnx
 
 from .._core.data import get_modality
 from .._core.finetuned import (
+    EMBEDDING_KEY,
+    EMBEDDING_UNS_KEY,
     LOSSES,
     EncoderWithHead,
     FinetunedModel,
@@ -47,6 +52,7 @@ from .._core.targets import (
     survival_targets,
 )
 from .._core.training import Trainer, stratified_split
+from ._embed import SCANPY_OBS_KEYS, HashingBatches, check_data, stale_reason, warn_overwrite
 
 __all__ = ["FinetunedModel", "finetune", "load_finetuned", "predict"]
 
@@ -142,7 +148,12 @@ def finetune(
         Where the TPM values (``layers[layer]``), gene ids (``var[gene_key]``) and modality are.
     key_added
         Name of the prediction field (defaults below); the ``uns`` entry is then
-        ``f"{key_added}_finetune"``.
+        ``f"{key_added}_finetune"``. Refused: the label columns (``obs_key``, ``event_key``)
+        and the ``obs`` columns scanpy writes (``leiden``, ``louvain``, ``dpt_pseudotime``,
+        ``dpt_groups``, ``dpt_order``, ``dpt_order_indices``, ``n_genes``, ``n_counts``,
+        ``n_genes_by_counts``, ``total_counts``, ``log1p_n_genes_by_counts``,
+        ``log1p_total_counts``, ``doublet_score``, ``predicted_doublet``). Replacing the fields
+        of an earlier run warns.
     remat
         Rematerialise each block in the backward pass (``ia3``/``full``): much less memory for
         about a third more compute.
@@ -177,10 +188,21 @@ def finetune(
     ------
     KeyError
         ``obs_key``/``event_key`` missing from ``obs``.
+    TypeError
+        ``data`` is not an AnnData or MuData (a DataFrame: wrap it in ``anndata.AnnData``), or
+        ``model`` is a fine-tuned model (pass its ``encoder``).
     ValueError
         A single class; a class (or, for survival, events or censored samples) too small to
-        split; durations <= 0; events not in {0, 1}; no event; a bad argument.
+        split; durations <= 0; events not in {0, 1}; no event; a bad argument (e.g. a
+        ``key_added`` that is a label column or one of scanpy's ``obs`` columns).
+
+    Warns
+    -----
+    UserWarning
+        Prediction fields of an earlier run are replaced; ``obsm["X_bulkrnabert"]`` is not
+        reused because X or the model changed since :func:`~bulkrnabert_sv.tl.embed`.
     """
+    check_data(data, "tl.finetune")
     method, task, settings = _check_arguments(
         method=method,
         task=task,
@@ -247,13 +269,18 @@ def finetune(
     info: dict = {"reused_embeddings": False}
 
     if method == "probe":
-        embeddings = stored_embeddings(adata, encoder, depth, layer, gene_key)
-        if embeddings is None:
-            embeddings = _embed(
-                encoder, data, depth, layer, gene_key, mod, inference_batch_size, progress, info
-            )
-        else:
-            info["reused_embeddings"] = True
+        embeddings = _stored_or_embed(
+            encoder,
+            data,
+            depth,
+            layer=layer,
+            gene_key=gene_key,
+            mod=mod,
+            batch_size=inference_batch_size,
+            progress=progress,
+            info=info,
+            function="tl.finetune",
+        )
         graphdef, params, frozen = nnx.split(head, nnx.Param, ...)
         trainer = _trainer(("probe", task, head_key(head)), graphdef, task)
         result = trainer.fit(params, frozen, inputs=embeddings, **trainer_kw)
@@ -354,7 +381,7 @@ def finetune(
         "validation": _metrics(targets, full_targets, outputs, validation_rows),
     }
     target_data = data.copy() if copy else data
-    _write(get_modality(target_data, mod), finetuned, outputs, key_added)
+    _write(get_modality(target_data, mod), finetuned, outputs, key_added, "tl.finetune")
     return (target_data, finetuned) if copy else finetuned
 
 
@@ -381,7 +408,7 @@ def predict(
     batch_size
         Samples per encoder forward pass.
     key_added
-        Name of the prediction field (default as in :func:`finetune`).
+        Name of the prediction field (default and refused names as in :func:`finetune`).
     progress
         Show a progress bar.
     copy
@@ -393,24 +420,71 @@ def predict(
     and ``obsm[f"{obs_key}_bulkrnabert_proba"]`` (classification) or ``obs["bulkrnabert_risk"]``
     (survival), and ``uns["bulkrnabert_finetune"]`` (the model's training ``params``,
     ``metrics``, ``history`` and ``classes``). A probe reuses ``obsm["X_bulkrnabert"]`` when
-    ``tl.embed`` computed it with the model's encoder and layer.
+    ``tl.embed`` computed it with the model's encoder and layer, and its fingerprints show that
+    neither the expression values nor the encoder changed since.
+
+    Raises
+    ------
+    TypeError
+        ``data`` is not an AnnData or MuData (a DataFrame: wrap it in ``anndata.AnnData``), or
+        ``model`` is an encoder (:class:`~bulkrnabert_sv.model.BulkRNABert`) rather than a
+        fine-tuned model.
+    ValueError
+        ``key_added`` names the model's label columns or one of scanpy's ``obs`` columns.
+
+    Warns
+    -----
+    UserWarning
+        Prediction fields of an earlier run are replaced; ``obsm["X_bulkrnabert"]`` is not
+        reused because X or the model changed since :func:`~bulkrnabert_sv.tl.embed`.
     """
-    if not isinstance(model, FinetunedModel):
-        model = load_finetuned(model)
+    check_data(data, "tl.predict")
+    model = _finetuned_model(model)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
-    adata = get_modality(data, mod)
-    embeddings = None
+    _check_key_added(key_added, model.obs_key, model.event_key)
     if model.method == "probe":
-        embeddings = stored_embeddings(adata, model.encoder, model.embedding_layer, layer, gene_key)
-    if embeddings is None:
+        embeddings = _stored_or_embed(
+            model.encoder,
+            data,
+            model.embedding_layer,
+            layer=layer,
+            gene_key=gene_key,
+            mod=mod,
+            batch_size=batch_size,
+            progress=progress,
+            info={},
+            function="tl.predict",
+        )
+    else:
         embeddings = model.embed(
             data, layer=layer, gene_key=gene_key, mod=mod, batch_size=batch_size, progress=progress
         )
     outputs = model.outputs(embeddings)
     target_data = data.copy() if copy else data
-    _write(get_modality(target_data, mod), model, outputs, key_added)
+    _write(get_modality(target_data, mod), model, outputs, key_added, "tl.predict")
     return target_data if copy else None
+
+
+def _finetuned_model(model) -> FinetunedModel:
+    """``model`` itself, or the model saved in that folder; a clear error for anything else."""
+    from ..model import BulkRNABert
+
+    if isinstance(model, FinetunedModel):
+        return model
+    if isinstance(model, BulkRNABert):
+        raise TypeError(
+            "tl.predict needs a fine-tuned model (an encoder with a trained head), got a "
+            "BulkRNABert encoder. Train one with tuned = tl.finetune(adata, obs_key, "
+            "model=encoder), or load a saved one with bulkrnabert_sv.load_finetuned(folder); "
+            "for sample embeddings alone use tl.embed(adata, encoder)."
+        )
+    if isinstance(model, str | os.PathLike):
+        return load_finetuned(model)
+    raise TypeError(
+        "model must be a FinetunedModel (from tl.finetune or bulkrnabert_sv.load_finetuned) or "
+        f"the folder it was saved to, got {type(model).__name__}."
+    )
 
 
 # ---------------------------------------------------------------------------------- helpers
@@ -478,12 +552,27 @@ def _check_arguments(
     if not all(isinstance(h, numbers.Integral) and h >= 1 for h in sizes):
         raise ValueError(f"hidden_sizes must be positive integers, got {hidden_sizes!r}.")
     settings["hidden_sizes"] = [int(h) for h in sizes]
-    if key_added is not None and key_added in (obs_key, event_key):
+    _check_key_added(key_added, obs_key, event_key)
+    return method, task, settings
+
+
+def _check_key_added(key_added, obs_key, event_key) -> None:
+    """Refuse a prediction key that is not a string, names the labels or a scanpy column."""
+    if key_added is None:
+        return
+    if not isinstance(key_added, str) or not key_added:
+        raise ValueError(f"key_added must be a non-empty string or None, got {key_added!r}.")
+    if key_added in (obs_key, event_key):
         raise ValueError(
             f"key_added={key_added!r} would overwrite the labels in obs[{key_added!r}]; "
             "choose another name."
         )
-    return method, task, settings
+    if key_added in SCANPY_OBS_KEYS:
+        raise ValueError(
+            f"key_added={key_added!r} is not allowed: obs[{key_added!r}] belongs to scanpy "
+            f"(one of {sorted(SCANPY_OBS_KEYS)}). Choose another name, e.g. the default "
+            "(None: f'{obs_key}_bulkrnabert', or 'bulkrnabert_risk' for survival)."
+        )
 
 
 def _trainer(key, graphdef, task: str) -> Trainer:
@@ -501,6 +590,12 @@ def _trainer(key, graphdef, task: str) -> Trainer:
 def _load_encoder(model):
     from ..model import BulkRNABert, load_model
 
+    if isinstance(model, FinetunedModel):
+        raise TypeError(
+            "tl.finetune takes an encoder (BulkRNABert) or a model source, got a fine-tuned "
+            "model. Fine-tune its encoder again with model=tuned.encoder, or predict with "
+            "tl.predict(adata, tuned)."
+        )
     encoder = model if isinstance(model, BulkRNABert) else load_model(model)
     if encoder.genes is None:
         raise ValueError(
@@ -510,13 +605,36 @@ def _load_encoder(model):
     return encoder
 
 
-def _embed(encoder, data, depth, layer, gene_key, mod, batch_size, progress, info):
+def _stored_or_embed(
+    encoder, data, depth, *, layer, gene_key, mod, batch_size, progress, info, function
+):
+    """``obsm["X_bulkrnabert"]`` if still valid for ``encoder`` and the data, else new embeddings.
+
+    Valid: :func:`stored_embeddings` accepts its record (source, revision, layers, gene key) and
+    the fingerprints ``tl.embed`` stored match (the encoder's, and the tokens' of the data as
+    it is now, hashed in one pass without embedding). Otherwise the embeddings are recomputed,
+    with a warning saying why when there were stored ones.
+    """
     from .._core.tokens import token_batches
 
-    batches = token_batches(
-        data, encoder, layer=layer, gene_key=gene_key, mod=mod, batch_size=batch_size
+    adata = get_modality(data, mod)
+    stored = stored_embeddings(adata, encoder, depth, layer, gene_key)
+    batches = HashingBatches(
+        token_batches(data, encoder, layer=layer, gene_key=gene_key, mod=mod, batch_size=batch_size)
     )
     info["coverage"] = float(batches.alignment.coverage)
+    if stored is not None:
+        reason = stale_reason(adata.uns[EMBEDDING_UNS_KEY]["params"], encoder, batches)
+        if reason is None:
+            info["reused_embeddings"] = True
+            return stored
+        warnings.warn(
+            f"{function} does not reuse obsm[{EMBEDDING_KEY!r}]: {reason}. The embeddings are "
+            f"recomputed; obsm[{EMBEDDING_KEY!r}] itself is left as it is (run tl.embed again "
+            "to update it).",
+            UserWarning,
+            stacklevel=3,
+        )
     return embed_tokens(
         encoder, batches, embedding_layer=depth, batch_size=batch_size, progress=progress
     )
@@ -595,8 +713,13 @@ def _drop_none(values: dict) -> dict:
     return {k: v for k, v in values.items() if v is not None}
 
 
-def _write(adata, model: FinetunedModel, outputs: np.ndarray, key_added: str | None) -> None:
-    """Write predictions, then the ``uns`` record (all values computed beforehand)."""
+def _write(
+    adata, model: FinetunedModel, outputs: np.ndarray, key_added: str | None, function: str
+) -> None:
+    """Write predictions and the ``uns`` record: all of them, or none (values computed first).
+
+    Warns (at the caller of ``function``) when fields of an earlier run are replaced.
+    """
     frame = model.frame(outputs, adata.obs_names)
     uns_key = UNS_KEY if key_added is None else f"{key_added}_finetune"
     record = {
@@ -604,13 +727,30 @@ def _write(adata, model: FinetunedModel, outputs: np.ndarray, key_added: str | N
         "metrics": {k: dict(v) for k, v in model.metrics.items()},
         "history": {k: list(v) for k, v in model.history.items()},
     }
+    fields: dict[tuple[str, str], object] = {}
     if model.task == "classification":
         key = key_added or f"{model.obs_key}_bulkrnabert"
-        proba = frame.to_numpy(dtype=np.float32)
         codes = np.asarray(outputs).argmax(axis=1)
-        adata.obs[key] = pd.Categorical.from_codes(codes, categories=list(model.classes))
-        adata.obsm[f"{key}_proba"] = proba
+        fields["obs", key] = pd.Categorical.from_codes(codes, categories=list(model.classes))
+        fields["obsm", f"{key}_proba"] = frame.to_numpy(dtype=np.float32)
         record["classes"] = list(model.classes)
     else:
-        adata.obs[key_added or RISK_KEY] = frame["risk"].to_numpy()
-    adata.uns[uns_key] = record
+        fields["obs", key_added or RISK_KEY] = frame["risk"].to_numpy()
+    fields["uns", uns_key] = record
+    old = {
+        (where, key): getattr(adata, where)[key]
+        for where, key in fields
+        if key in getattr(adata, where)
+    }
+    warn_overwrite([f"{where}[{key!r}]" for where, key in old], function, stacklevel=3)
+    try:
+        for (where, key), value in fields.items():
+            getattr(adata, where)[key] = value
+    except BaseException:
+        for where, key in fields:
+            container = getattr(adata, where)
+            if (where, key) in old:
+                container[key] = old[where, key]
+            elif key in container:
+                del container[key]
+        raise
