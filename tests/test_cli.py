@@ -151,40 +151,56 @@ def _hf_checkpoint(folder, table: pd.DataFrame, **overrides):
     return folder
 
 
-def test_demo_with_a_small_checkpoint_in_the_hub_layout(tcga4, tmp_path, capsys):
-    folder = _hf_checkpoint(tmp_path / "BulkRNABert", tcga4)
-    output = tmp_path / "demo.h5ad"
-    assert main(["demo", "--model", str(folder), "--output", str(output), "--no-progress"]) == 0
-    printed = capsys.readouterr().out
-    assert "cosine similarity" in printed and "embedding shape (16,)" in printed
-    result = ad.read_h5ad(output)
-    assert result.obsm["X_bulkrnabert"].shape == (4, 16)
-    direct = bs.tl.embed(result, bs.load_model(folder), copy=True, progress=False)
-    np.testing.assert_array_equal(result.obsm["X_bulkrnabert"], direct.obsm["X_bulkrnabert"])
-    np.testing.assert_allclose(np.diag(result.obsp["bulkrnabert_cosine"]), 1.0, rtol=1e-5)
-    np.testing.assert_allclose(result.X, tcga4.iloc[:, :-1].to_numpy(), rtol=1e-15)
-
-
-def test_demo_full_vocabulary(tmp_path, capsys):
-    """The real 4-sample CSV over all 19,062 genes, as `make demo` reads it (1-layer model)."""
+def test_demo_with_the_model_asked_for(tmp_path, capsys):
+    """--model: the shipped TCGA tumours through a small 19,062-gene checkpoint in the hub layout."""
     table = pd.read_csv(shared_path("data/tcga_gbmlgg_4_samples_tpm.csv"))
     folder = _hf_checkpoint(
         tmp_path / "BulkRNABert", table, num_layers=1, num_attention_heads=1, key_size=4
     )
-    argv = ["demo", "--model", str(folder), "--output", str(tmp_path / "d.h5ad")]
-    assert main([*argv, "--no-progress"]) == 0
+    output = tmp_path / "demo.h5ad"
+    assert main(["demo", "--model", str(folder), "--output", str(output), "--no-progress"]) == 0
     printed = capsys.readouterr().out
-    assert "genes matched: 19062 of 19062" in printed
-    assert ad.read_h5ad(tmp_path / "d.h5ad").obsm["X_bulkrnabert"].shape == (4, 16)
+    assert f"model: {folder} (as asked)" in printed
+    # The shipped tumours are on the full vocabulary (the genes their sources lack are 0).
+    assert "genes matched: 19062 of the model's 19062" in printed
+    assert "PCA of log TPM" in printed and "accuracy" in printed
+    result = ad.read_h5ad(output)
+    assert result.obsm["X_bulkrnabert"].shape == (48, 16)
+    assert (tmp_path / "demo_umap.png").stat().st_size > 10_000
+    demo = bs.datasets.tcga_demo()
+    direct = bs.tl.embed(demo, bs.load_model(folder), copy=True, progress=False)
+    np.testing.assert_allclose(
+        result.obsm["X_bulkrnabert"], direct.obsm["X_bulkrnabert"], rtol=1e-6, atol=1e-6
+    )
+    scores = result.uns["bulkrnabert_demo"]["separation"]
+    assert 0.0 <= scores["BulkRNABert"]["knn_accuracy"] <= 1.0
 
 
-def test_demo_offline_without_a_model_says_how_to_get_one(tmp_path, monkeypatch, capsys):
+def test_demo_offline_uses_the_bundled_compact_model(tmp_path, monkeypatch, capsys):
+    """No network, empty Hugging Face cache, no --model: the compact model, and exit 0."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty_cache"))
     monkeypatch.delenv("BULKRNABERT_MODEL", raising=False)
-    assert main(["demo", "--output", str(tmp_path / "d.h5ad")]) == 3
+    output = tmp_path / "d.h5ad"
+    assert main(["demo", "--output", str(output), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    first = printed.splitlines()[0]
+    assert first.startswith("model: compact (bundled with bulkrnabert-sv")
+    assert "because the published weights could not be had" in first
+    assert "genes matched: 2048 of the model's 2048" in printed
+    result = ad.read_h5ad(output)
+    assert result.uns["bulkrnabert_demo"]["model"] == "compact"
+    assert result.obsm["X_bulkrnabert"].shape == (48, 64)
+    assert (tmp_path / "d_umap.png").stat().st_size > 10_000
+
+
+def test_demo_with_a_model_that_cannot_be_loaded_exits_3(tmp_path, capsys):
+    assert (
+        main(["demo", "--model", str(tmp_path / "nowhere"), "--output", str(tmp_path / "d.h5ad")])
+        == 3
+    )
     err = capsys.readouterr().err
-    assert "--model" in err and "BULKRNABERT_MODEL" in err and "Traceback" not in err
+    assert "could not load the model" in err and "Traceback" not in err
     assert not (tmp_path / "d.h5ad").exists()
 
 

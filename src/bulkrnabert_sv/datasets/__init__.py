@@ -1,8 +1,10 @@
-"""Data sets: GDC (TCGA) STAR-Counts reader and downloader."""
+"""Data sets: real TCGA tumours shipped with the package, the GDC (TCGA) reader and downloader."""
 
 from .._lazy import lazy_module
 
 _ATTRIBUTES = {
+    "tcga_demo": "._bundled",
+    "gene_lengths": "._bundled",
     "read_gdc": "._gdc",
     "download_gdc": "._gdc",
     "GDCFormatError": "._gdc",

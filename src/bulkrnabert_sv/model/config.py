@@ -175,6 +175,25 @@ class BulkRNABertConfig:
         return cls(**{**values, **overrides})
 
     @classmethod
+    def compact(cls, **overrides: Any) -> BulkRNABertConfig:
+        """The architecture of the bundled compact model: 2,048 genes, width 64, 3 blocks.
+
+        The tokenizer (64 bins, normalisation factor) is the published TCGA model's. Not in
+        :data:`PRESETS`: the name ``"compact"`` means the bundled *weights*
+        (``load_model("compact")``, ``tl.pretrain(model="compact")`` continues from them).
+        """
+        values = dict(
+            n_genes=2_048,
+            embed_dim=64,
+            init_gene_embed_dim=32,
+            num_attention_heads=4,
+            key_size=16,
+            ffn_embed_dim=128,
+            num_layers=3,
+        )
+        return cls(**{**values, **overrides})
+
+    @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> BulkRNABertConfig:
         """Build a preset by name: one of :data:`PRESETS`."""
         try:

@@ -4,6 +4,7 @@ from .._lazy import lazy_module
 
 _ATTRIBUTES = {
     "align_genes": "._align",
+    "align_to_vocabulary": "._align",
     "GeneAlignment": "._align",
     "GeneCoverageWarning": "._align",
     "DuplicateGenesWarning": "._align",

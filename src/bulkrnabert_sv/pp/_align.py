@@ -12,13 +12,17 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+from anndata import AnnData
 
-from .._core.data import get_modality
+from .._core.data import get_matrix, get_modality, iter_row_batches
 
 #: Below this many of its 19,062 genes matched the upstream preprocessing refused a sample; for
 #: another vocabulary the threshold is the same fraction of its size.
 MIN_MATCHED_GENES = 18_000
 UPSTREAM_VOCABULARY_SIZE = 19_062
+#: ``obs`` columns of :func:`align_to_vocabulary`: model genes found in each sample's source.
+N_GENES_MATCHED_KEY = "n_genes_matched"
+GENE_COVERAGE_KEY = "gene_coverage"
 ID_TYPES = ("auto", "ensembl", "symbol", "entrez")
 _ENSEMBL = re.compile(r"^(ENS[A-Z]*G\d{11})(\.\d+)?(_PAR_Y)?$")
 #: ``SYMBOL|ENTREZ`` as in the TCGA RNASeqV2 tables (Firehose, cBioPortal, RTCGA): ``TP53|7157``.
@@ -240,6 +244,60 @@ def align_genes(
     return alignment
 
 
+def align_to_vocabulary(
+    data,
+    genes,
+    *,
+    layer: str | None = None,
+    gene_key: str | None = None,
+    mod: str = "rna",
+    id_type: str = "auto",
+    warn: bool = True,
+    batch_size: int = 256,
+) -> AnnData:
+    """A new AnnData whose genes are the model's vocabulary, in model order.
+
+    The values of ``X`` (or ``layers[layer]``) are mapped as :func:`align_genes` describes: model
+    genes absent from the input are 0, input columns mapping to one model gene are summed, the
+    others are left out. Inputs from several sources (Ensembl ids, symbols, ``SYMBOL|ENTREZ``)
+    aligned this way share their ``var_names`` and can be concatenated with
+    :func:`anndata.concat`; ``obs["n_genes_matched"]`` keeps each sample's coverage.
+
+    Parameters
+    ----------
+    data
+        AnnData or MuData (``mod`` picks the modality). Not modified.
+    genes
+        A model (its ``genes``) or a sequence of unversioned Ensembl ids in model order.
+    layer
+        Where the values are (default ``X``).
+    gene_key, mod, id_type, warn
+        As for :func:`align_genes`.
+    batch_size
+        Rows densified at a time.
+
+    Returns
+    -------
+    An AnnData with ``X`` (float32, samples x vocabulary), a copy of ``obs`` plus
+    ``obs["n_genes_matched"]`` and ``obs["gene_coverage"]`` (model genes found in the input, per
+    sample), ``var["matched"]`` and ``uns["align_genes"]`` (the alignment report).
+    """
+    adata = get_modality(data, mod)
+    alignment = align_genes(adata, genes, gene_key=gene_key, mod=mod, id_type=id_type, warn=warn)
+    matrix = get_matrix(adata, layer)
+    out = np.empty((adata.n_obs, len(alignment.genes)), dtype=np.float32)
+    for start, stop, rows in iter_row_batches(matrix, batch_size):
+        out[start:stop] = alignment.transform(rows)
+    matched = np.zeros(len(alignment.genes), dtype=bool)
+    matched[alignment.matrix.nonzero()[1]] = True
+    obs = adata.obs.copy()
+    obs[N_GENES_MATCHED_KEY] = np.int32(alignment.n_matched)
+    obs[GENE_COVERAGE_KEY] = float(alignment.coverage)
+    aligned = AnnData(out, obs=obs, var=pd.DataFrame({"matched": matched}, index=alignment.genes))
+    aligned.uns["align_genes"] = alignment.report()
+    return aligned
+
+
 def guess_id_type(names: Sequence[str]) -> str:
     """The most common form among the names: ``"ensembl"``, ``"entrez"`` or ``"symbol"``."""
     forms = _name_forms(names, "auto")
@@ -449,6 +507,33 @@ def _likely_cause(adata, names, gene_key) -> str:
     suggestion = _suggest_gene_key(adata, gene_key)
     if suggestion:
         return f"var[{suggestion!r}] does match: pass gene_key={suggestion!r}."
+    from ._symbols import symbol_table
+
+    symbols = symbol_table().mapping
+    # Genes in obs_names and samples in var_names: a genes x samples matrix read as it was.
+    # Ensembl ids decide alone; symbols also need more rows than columns (samples named S1 or C3
+    # are symbols too).
+    obs = [str(n) for n in adata.obs_names[:2000]]
+    n_ensembl = sum(_ENSEMBL.match(n) is not None for n in obs)
+    n_genes = n_ensembl + sum(n in symbols for n in obs)
+    if obs and (
+        n_ensembl >= 0.5 * len(obs) or (n_genes >= 0.5 * len(obs) and adata.n_obs > adata.n_vars)
+    ):
+        return (
+            f"The obs_names look like gene ids (e.g. {obs[0]}): the data look transposed, genes "
+            "in rows and samples in columns. Transpose them first: adata = adata.T (on the "
+            "command line: --transpose for a .csv/.tsv table)."
+        )
+    # Human symbols in lower case (tp53): symbols are matched case-sensitively.
+    lower = [n for n in names if n.islower()]
+    n_human = sum(n.upper() in symbols for n in lower)
+    if len(lower) > 0.5 * len(names) and n_human > 0.5 * len(lower):
+        where = "adata.var_names" if gene_key is None else f"adata.var[{gene_key!r}]"
+        return (
+            f"They look like human gene symbols in lower case (e.g. {lower[0]} for "
+            f"{lower[0].upper()}); symbols are matched case-sensitively. Upper-case them first: "
+            f"{where} = {where}.str.upper()."
+        )
     if _is_default_index(names):
         return (
             "They are a default index (0, 1, 2, ...), not gene ids. Put Ensembl gene ids, HGNC "
