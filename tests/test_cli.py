@@ -61,7 +61,11 @@ def test_embed_h5ad_to_h5ad(model_dir, tcga4, tmp_path, capsys):
     assert code == 0
     assert "embedded 4 samples into 16 dimensions" in capsys.readouterr().out
     out = ad.read_h5ad(tmp_path / "out.h5ad")
-    np.testing.assert_array_equal(out.obsm["X_bulkrnabert"], _expected(model_dir, adata))
+    # Batches of 3 + 1 against one batch of 4 (batches are never padded beyond the data): the
+    # compiled shapes differ, so the float32 results agree to rounding, not bit for bit.
+    np.testing.assert_allclose(
+        out.obsm["X_bulkrnabert"], _expected(model_dir, adata), rtol=1e-5, atol=1e-6
+    )
     np.testing.assert_array_equal(out.X, adata.X)
     pd.testing.assert_frame_equal(out.obs, adata.obs)
     assert out.uns["bulkrnabert"]["params"]["model"] == str(model_dir)
