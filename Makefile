@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test test-fast lint docs bench clean
+.PHONY: venv demo test test-fast lint docs tutorials bench clean
 
 $(STAMP): pyproject.toml
 	@interp=$$(sh tools/find_python.sh) || exit 1; \
@@ -33,6 +33,10 @@ lint: $(STAMP)
 
 docs: $(STAMP)
 	$(PY) -m sphinx -W --keep-going -b html docs docs/_build/html
+
+# Re-execute the tutorials and store them with their outputs (offline: compact model, shipped data).
+tutorials: $(STAMP)
+	$(PY) tools/run_tutorials.py
 
 bench: $(STAMP)
 	$(PY) benchmarks/embed_speed.py

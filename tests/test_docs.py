@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -30,12 +31,22 @@ def html(tmp_path_factory) -> Path:
 
 
 def test_pages_and_tutorials(html):
-    for page in ("index", "installation", "quickstart", "api", "model_card", "faq", "benchmarks"):
+    pages = ("index", "installation", "quickstart", "api", "model_card", "model_card_compact")
+    for page in (*pages, "faq", "benchmarks"):
         assert (html / f"{page}.html").is_file(), page
     notebooks = sorted(p.stem for p in (ROOT / "tutorials").glob("*.ipynb"))
     assert notebooks  # the four tutorials
     for name in notebooks:
-        assert (html / "tutorials" / f"{name}.html").is_file(), name
+        page = html / "tutorials" / f"{name}.html"
+        assert page.is_file(), name
+        # The stored outputs are rendered: every tutorial page shows its figures.
+        images = re.findall(r'<img[^>]+src="([^"]+\.png)"', page.read_text())
+        assert images, name
+        assert all((page.parent / src).resolve().is_file() for src in images), name
+    # The front page shows the demo's figure.
+    front = re.findall(r'<img[^>]+src="([^"]+\.png)"', (html / "index.html").read_text())
+    assert any(src.endswith("demo_umap.png") for src in front)
+    assert all((html / src).resolve().is_file() for src in front)
     text = (html / "model_card.html").read_text()
     assert "CC BY-NC-SA 4.0" in text and "6,005,104" in text
 

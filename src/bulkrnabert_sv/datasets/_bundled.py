@@ -32,10 +32,12 @@ def tcga_demo():
     Returns
     -------
     An AnnData, samples x genes (``var_names``: unversioned Ensembl ids in model order), ``X``
-    float32 TPM, and in ``obs``: ``cohort`` (categorical), ``patient``, ``os_time_days`` (days
-    to death, else to last follow-up; NaN where unknown), ``os_event`` (1 = death),
-    ``n_genes_matched`` (vocabulary genes the sample's source has) and ``source``.
-    ``uns["tcga_demo"]`` describes the data.
+    float32 TPM, and in ``obs``: ``cohort`` (categorical), ``patient``, ``os_time`` (days to
+    death, else to last follow-up; NaN where unknown), ``os_event`` (1 = death), as
+    :func:`read_gdc` names them,
+    ``n_genes_matched`` (vocabulary genes the sample's source has) and ``source``; in ``var``:
+    ``symbol`` (the approved HGNC symbol) and ``entrez_id`` (NCBI gene id), from the shipped
+    HGNC tables (empty where HGNC has none). ``uns["tcga_demo"]`` describes the data.
     """
     import anndata as ad
 
@@ -51,14 +53,14 @@ def tcga_demo():
         {
             "cohort": pd.Categorical(data["cohort"]),
             "patient": data["patient"],
-            "os_time_days": data["os_time_days"],
+            "os_time": data["os_time_days"],
             "os_event": data["os_event"],
             "n_genes_matched": data["n_genes_matched"],
             "source": pd.Categorical(data["source"]),
         },
         index=pd.Index(data["obs_names"], name="sample"),
     )
-    adata = ad.AnnData(tpm, obs=obs, var=pd.DataFrame(index=pd.Index(genes, name="gene_id")))
+    adata = ad.AnnData(tpm, obs=obs, var=_gene_names(genes))
     adata.uns["tcga_demo"] = dict(_demo_info())
     return adata
 
@@ -79,6 +81,26 @@ def gene_lengths() -> pd.Series:
         table["length"].astype(np.int64).to_numpy(),
         index=pd.Index(table["ensembl_id"], name="ensembl_id"),
         name="length",
+    )
+
+
+def _gene_names(genes) -> pd.DataFrame:
+    """Approved HGNC symbol and Entrez id of each gene (from the shipped HGNC tables)."""
+    from ..pp._symbols import entrez_table, symbol_table
+
+    approved = {}
+    for symbol, (ensembl_id, kind) in symbol_table().mapping.items():
+        if kind == "approved":
+            approved.setdefault(ensembl_id, symbol)
+    entrez = {}
+    for entrez_id, ensembl_id in entrez_table().items():
+        entrez.setdefault(ensembl_id, entrez_id)
+    return pd.DataFrame(
+        {
+            "symbol": [approved.get(g, "") for g in genes],
+            "entrez_id": [entrez.get(g, "") for g in genes],
+        },
+        index=pd.Index(genes, name="gene_id"),
     )
 
 

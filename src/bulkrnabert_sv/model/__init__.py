@@ -1,4 +1,4 @@
-"""The BulkRNABert model: configuration, NNX modules, tokenizer, attention and checkpoints."""
+"""The BulkRNABert model: configuration, NNX modules, tokenizer, attention, checkpoints, vocabulary."""
 
 from .attention import attention_weights, dot_product_attention
 from .checkpoints import CheckpointError, export_hf_folder
@@ -8,8 +8,10 @@ from .loading import DEFAULT_REPO, load_model
 from .modeling import BulkRNABert, IA3Param, MaskEmbeddingParam
 from .random import random_model
 from .tokenizer import bin_log_expression, expression_bins, tokenize
+from .vocabulary import COMPACT_SOURCE, published_genes
 
 __all__ = [
+    "COMPACT_SOURCE",
     "DEFAULT_REPO",
     "PRESETS",
     "BulkRNABert",
@@ -25,6 +27,7 @@ __all__ = [
     "expression_bins",
     "load_head",
     "load_model",
+    "published_genes",
     "random_model",
     "tokenize",
 ]
