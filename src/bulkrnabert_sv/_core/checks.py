@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import numbers
-import warnings
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 
-#: Frames in these files are skipped when a warning finds its caller: warnings point at the
-#: user's line, however deep in the package they are raised.
-_PACKAGE_PREFIXES = (str(Path(__file__).resolve().parents[1]),)
+from .. import _logging as logg
+
 #: Sample names listed in a warning, per problem.
 _NAMES_SHOWN = 5
 
@@ -140,8 +137,8 @@ def check_tpm_rows(
 
 
 def warn_user(message: str, category: type[Warning]) -> None:
-    """Warn, attributing the warning to the first caller outside this package."""
-    warnings.warn(message, category, skip_file_prefixes=_PACKAGE_PREFIXES)
+    """Warn, attributing the warning to the user's line, however deep in the package."""
+    logg.warn(message, category)
 
 
 def require_tpm_rows(rows: np.ndarray, *, where: str = "X", first_row: int = 0) -> None:

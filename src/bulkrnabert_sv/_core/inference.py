@@ -127,7 +127,7 @@ def embed_tokens(
     -------
     float32 array (n_obs, embed_dim). Padding rows never change the result.
     """
-    from tqdm.auto import tqdm
+    from .._logging import progress_bar
 
     check_layer_index(layer, "layer")
     n_obs = getattr(batches, "n_obs", None) if n_obs is None else n_obs
@@ -147,7 +147,7 @@ def embed_tokens(
     )
     parts: dict[int, np.ndarray] = {}
     stops: dict[int, int] = {}
-    with tqdm(total=n_obs, disable=not progress, desc=desc, unit="sample") as bar:
+    with progress_bar(total=n_obs, progress=progress, desc=desc, unit="sample") as bar:
         pending = None
         for start, stop, tokens in _chain(first, iterator):
             out = runner.dispatch(tokens)  # runs while the previous result is fetched

@@ -31,6 +31,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from .._logging import user_stacklevel
+
 CONFIG_FILE = "pretrain_config.json"
 #: Sub-folder of a run's folder where the finished model is saved (read it with load_model).
 FINAL_MODEL_DIR = "model"
@@ -239,7 +241,7 @@ class Checkpointer:
                     + f"\nThe steps after {step} are trained again. Delete the set-aside "
                     "folders once you no longer need them.",
                     CorruptCheckpointWarning,
-                    stacklevel=3,
+                    stacklevel=user_stacklevel(),  # the line calling tl.pretrain
                 )
             self._prune()
             return step, state, meta

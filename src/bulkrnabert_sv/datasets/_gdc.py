@@ -143,7 +143,8 @@ def read_gdc(
         The folder holds no STAR-Counts file, or sample-sheet rows name files that are absent.
     """
     import anndata as ad
-    from tqdm.auto import tqdm
+
+    from .._logging import progress_bar
 
     if obs_names not in ("file_id", "sample_id"):
         raise ValueError(f"obs_names must be 'file_id' or 'sample_id', not {obs_names!r}.")
@@ -176,7 +177,7 @@ def read_gdc(
     tpm = np.empty((n, n_genes), dtype=tpm_dtype)
     counts = np.empty((n, n_genes), dtype=np.int32)
     summaries = []
-    for i, path in enumerate(tqdm(paths, desc="reading GDC files", disable=not progress)):
+    for i, path in enumerate(progress_bar(paths, progress=progress, desc="reading GDC files")):
         table = first if i == 0 else _read_star_file(path)
         if i and not table.genes.index.equals(gene_ids):
             table = _reorder_like(table, gene_ids, paths[0], path)

@@ -107,7 +107,7 @@ def download_gdc(
     -------
     The folder, for :func:`~bulkrnabert_sv.datasets.read_gdc`.
     """
-    from tqdm.auto import tqdm
+    from .._logging import progress_bar
 
     projects = [project_id] if isinstance(project_id, str) else list(project_id)
     if not projects or not all(isinstance(p, str) and p for p in projects):
@@ -129,12 +129,12 @@ def download_gdc(
         )
     hits = sorted(hits, key=lambda h: h["file_id"])[:max_files]
     todo = [h for h in hits if not _is_cached(folder, h)]
-    with tqdm(
+    with progress_bar(
         total=len(hits),
         initial=len(hits) - len(todo),
         unit="file",
         desc="GDC download",
-        disable=not progress,
+        progress=progress,
     ) as bar:
         for start in range(0, len(todo), batch_size):
             batch = todo[start : start + batch_size]

@@ -38,6 +38,8 @@ import warnings
 import jax
 import jax.numpy as jnp
 
+from .._logging import user_stacklevel
+
 IMPLEMENTATIONS = ("auto", "xla", "blockwise", "blockwise_host", "blockwise_jax", "cudnn")
 #: (query, key) tile sizes of the pure-JAX loops on a CPU (fastest on a 2-core AVX2 CPU).
 JAX_BLOCKS_CPU = (256, 256)
@@ -316,7 +318,7 @@ def _cudnn_attention(q, k, v, scale):
         warnings.warn(
             f"cuDNN attention is unavailable ({error}); using the blockwise JAX implementation.",
             RuntimeWarning,
-            stacklevel=3,
+            stacklevel=user_stacklevel(),  # the user's line, through tl.embed and jax.jit
         )
         if k.shape[1] <= AUTO_MATERIALIZE_MAX_LENGTH:
             return _xla_attention(q, k, v, scale)

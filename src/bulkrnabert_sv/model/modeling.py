@@ -312,6 +312,44 @@ class BulkRNABert(nnx.Module):
         state = nnx.state(self, nnx.All(filter, nnx.Not(IA3Param), nnx.Not(MaskEmbeddingParam)))
         return int(sum(np.prod(v.shape) for v in jax.tree_util.tree_leaves(state)))
 
+    def __repr__(self) -> str:
+        """One line: layers, width, genes, parameters, extras and source.
+
+        E.g. ``BulkRNABert(4 layers, width 256, 19062 genes, 4.8M parameters,
+        source='InstaDeepAI/BulkRNABert')``; Flax's full tree (every gene id and array) is
+        ``nnx.display(model)`` or ``nnx.state(model)``.
+        """
+        cfg = self.config
+        try:
+            n = self.num_parameters()
+        except Exception:  # a model being built or merged: fall back to the config's count
+            n = cfg.num_parameters
+        size = next(
+            (
+                f"{n / d:.1f}".rstrip("0").rstrip(".") + s
+                for d, s in ((1e9, "G"), (1e6, "M"), (1e3, "k"))
+                if n >= d
+            ),
+            str(n),
+        )
+        parts = [
+            f"{cfg.num_layers} layers",
+            f"width {cfg.embed_dim}",
+            f"{cfg.n_genes} genes" + ("" if self.genes is not None else " (no gene list)"),
+            f"{size} parameters",
+        ]
+        if self.has_ia3:
+            parts.append("IA3")
+        if self.mask_embedding is not None:
+            parts.append("mask embedding")
+        source = None if self.source is None else str(self.source)
+        if source is not None and len(source) > 80:
+            source = f"{source[:38]}...{source[-39:]}"
+        parts.append(f"source={source!r}")
+        if self.revision:
+            parts.append(f"revision={str(self.revision)[:12]!r}")
+        return f"{type(self).__name__}({', '.join(parts)})"
+
     def save(self, path) -> None:
         """Write the model to a folder: ``model.safetensors``, ``bulkrnabert_sv.json``, ``genes.txt``.
 

@@ -6,6 +6,5 @@ _ATTRIBUTES = {
     "kaplan_meier": "._plots",
     "training_history": "._plots",
     "confusion_matrix": "._plots",
-    "risk_groups": "._plots",
 }
 __all__, __getattr__, __dir__ = lazy_module(__name__, _ATTRIBUTES)

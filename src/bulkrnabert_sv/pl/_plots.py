@@ -1,7 +1,9 @@
 """Plots: Kaplan-Meier curves by predicted risk, training history, confusion matrix.
 
 Embeddings are drawn with scanpy (``sc.pp.neighbors(adata, use_rep="X_bulkrnabert")``,
-``sc.tl.umap``, ``sc.pl.umap``); these cover what scanpy does not.
+``sc.tl.umap``, ``sc.pl.umap``); these cover what scanpy does not. As scanpy's plots, they take
+``ax=`` (draw into these axes), ``show=`` and ``save=``, and return the axes only when the
+figure is not shown, so that a call on the last line of a notebook cell draws the figure once.
 """
 
 from __future__ import annotations
@@ -13,25 +15,17 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 import pandas as pd
 
+from .. import _logging as logg
+from ..tl._risk_groups import RISK_KEY, quantile_groups
+from ._utils import SaveArg, category_colors, new_axes, savefig_or_show
+
 if TYPE_CHECKING:  # pragma: no cover
     from anndata import AnnData
     from matplotlib.axes import Axes
-    from matplotlib.figure import Figure
 
-__all__ = ["confusion_matrix", "kaplan_meier", "risk_groups", "training_history"]
+__all__ = ["confusion_matrix", "kaplan_meier", "training_history"]
 
-RISK_KEY = "bulkrnabert_risk"
 FINETUNE_KEY = "bulkrnabert_finetune"
-_RISK_LABELS = {2: ("low risk", "high risk"), 3: ("low risk", "intermediate risk", "high risk")}
-
-
-def _axes(ax: Axes | None, figsize=(5.0, 4.0)) -> tuple[Figure, Axes]:
-    import matplotlib.pyplot as plt
-
-    if ax is not None:
-        return ax.figure, ax
-    fig, ax = plt.subplots(figsize=figsize, layout="constrained")
-    return fig, ax
 
 
 def _obs(adata, key: str, what: str) -> pd.Series:
@@ -44,53 +38,108 @@ def _obs(adata, key: str, what: str) -> pd.Series:
     return obs[key]
 
 
-def risk_groups(
-    risk: pd.Series, groups: int | Sequence[float] = 2, labels: Sequence[str] | None = None
-) -> pd.Categorical:
-    """Cut risk scores into groups at quantiles (lowest risk first; NaN stays NaN).
-
-    ``groups`` is a number of equal-sized groups or the cut quantiles in (0, 1), e.g.
-    ``(0.25, 0.75)`` for bottom quarter / middle half / top quarter. The sample of rank ``r``
-    (1 to n, ties broken by order) joins the group whose quantile range holds ``(r - 0.5) / n``
-    (lower bound included), so the result is deterministic even with tied scores.
-    ``labels`` default to ``low risk``/``high risk``, adding ``intermediate risk`` for three
-    groups and ``risk group k`` for more.
-    """
-    values = pd.to_numeric(risk, errors="coerce")
-    if isinstance(groups, int | np.integer):
-        if groups < 2:
-            raise ValueError(f"groups must be >= 2 (or cut quantiles), not {groups}.")
-        edges = np.linspace(0, 1, int(groups) + 1)
-    else:
-        cuts = np.asarray(groups, dtype=float)
-        if (
-            cuts.ndim != 1
-            or not len(cuts)
-            or (cuts <= 0).any()
-            or (cuts >= 1).any()
-            or (np.diff(cuts) <= 0).any()
-        ):
-            raise ValueError(
-                f"groups={groups!r}: pass a number of groups or increasing quantiles in (0, 1), "
-                "e.g. (0.25, 0.75)."
+def _groups(adata, groupby, risk_key, groups, labels) -> tuple[pd.Categorical, str | None]:
+    """The groups to compare and the ``obs`` key of their colours (None: cut here)."""
+    if groupby is not None:
+        column = _obs(adata, groupby, "groups")
+        if pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column):
+            raise TypeError(
+                f"obs[{groupby!r}] holds numbers, not groups. Pass it as risk_key= to cut it "
+                f"into groups at quantiles here, or write groups with "
+                f"tl.risk_groups(adata, {groupby!r})."
             )
-        edges = np.concatenate([[0.0], cuts, [1.0]])
-    n = len(edges) - 1
-    if labels is None:
-        labels = _RISK_LABELS.get(n) or [f"risk group {k + 1}" for k in range(n)]
-    if len(labels) != n:
-        raise ValueError(f"{len(labels)} labels for {n} risk groups; pass {n} labels.")
-    valid = values.notna().to_numpy()
-    codes = np.full(len(values), -1)
-    if valid.any():
-        ranks = values[valid].rank(method="first").to_numpy()
-        fraction = (ranks - 0.5) / valid.sum()
-        codes[valid] = np.searchsorted(edges[1:-1], fraction, side="right")
-    return pd.Categorical.from_codes(codes, categories=list(labels))
+        if labels is not None or not (isinstance(groups, int) and groups == 2):
+            raise ValueError(
+                "groups= and labels= cut risk_key into quantile groups; with groupby= the "
+                f"groups are those of obs[{groupby!r}]."
+            )
+        return pd.Categorical(column), groupby
+    risk = _obs(adata, risk_key, "risk scores or groups")
+    if isinstance(risk.dtype, pd.CategoricalDtype) or not pd.api.types.is_numeric_dtype(risk):
+        if labels is not None:
+            raise ValueError("labels= renames quantile groups; obs[risk_key] is already grouped.")
+        return pd.Categorical(risk), risk_key
+    if pd.api.types.is_bool_dtype(risk):
+        return pd.Categorical(risk), risk_key
+    return quantile_groups(risk, groups, labels), None
+
+
+def _at_risk_table(ax: Axes, t: np.ndarray, g: np.ndarray, names: list, colors: dict) -> None:
+    """Numbers at risk (duration >= tick) of each group at the x ticks, under the x label.
+
+    The ticks are fixed at the current ones so that the table stays aligned; texts are
+    annotations of ``ax`` in points below it (the layout makes room for them): the title has
+    gid ``"at_risk_title"``, the row labels ``"at_risk_label"`` and the counts
+    ``"at_risk:<group>"``.
+    """
+    import matplotlib as mpl
+    from matplotlib.font_manager import FontProperties
+
+    lo, hi = ax.get_xlim()
+    ticks = [x for x in ax.get_xticks() if lo <= x <= hi]
+    ax.set_xticks(ticks)
+    ax.set_xlim(lo, hi)
+    rc = mpl.rcParams
+    size = FontProperties(size=rc["xtick.labelsize"]).get_size_in_points()
+    label_size = FontProperties(size=rc["axes.labelsize"]).get_size_in_points()
+    # below the ticks, their labels and the x label, with a gap
+    top = (
+        rc["xtick.major.size"]
+        + rc["xtick.major.pad"]
+        + size
+        + rc["axes.labelpad"]
+        + label_size
+        + 0.8 * size
+    )
+    line = 1.35 * size
+    # row labels clear of the counts centred on a tick at the left edge (digits ~0.6 em wide)
+    widest = max(len(str(len(t))), 1)
+    left = -(0.3 * size * widest + 0.6 * size) if ticks and np.isclose(ticks[0], lo) else 0
+    left -= 0.6 * size
+    ax.annotate(
+        "number at risk",
+        xy=(0, 0),
+        xycoords="axes fraction",
+        xytext=(0, -top),
+        textcoords="offset points",
+        ha="left",
+        va="top",
+        fontsize=size,
+        annotation_clip=False,
+    ).set_gid("at_risk_title")
+    for row, name in enumerate(names, start=1):
+        y = -(top + row * line)
+        ax.annotate(
+            str(name),
+            xy=(0, 0),
+            xycoords="axes fraction",
+            xytext=(left, y),
+            textcoords="offset points",
+            ha="right",
+            va="top",
+            fontsize=size,
+            color=colors[name],
+            annotation_clip=False,
+        ).set_gid("at_risk_label")
+        durations = t[g == name]
+        for x in ticks:
+            ax.annotate(
+                str(int((durations >= x).sum())),
+                xy=(x, 0),
+                xycoords=("data", "axes fraction"),
+                xytext=(0, y),
+                textcoords="offset points",
+                ha="center",
+                va="top",
+                fontsize=size,
+                color=colors[name],
+                annotation_clip=False,
+            ).set_gid(f"at_risk:{name}")
 
 
 def kaplan_meier(
     adata: AnnData,
+    groupby: str | None = None,
     *,
     duration_key: str = "os_time",
     event_key: str = "os_event",
@@ -99,58 +148,76 @@ def kaplan_meier(
     labels: Sequence[str] | None = None,
     time_unit: str = "days",
     show_ci: bool = True,
+    at_risk: bool = True,
     ax: Axes | None = None,
-) -> Figure:
+    show: bool | None = None,
+    save: SaveArg = None,
+) -> Axes | None:
     """Kaplan-Meier curves of risk groups with the log-rank test between them.
 
     Parameters
     ----------
     adata
-        AnnData with durations, event indicators and a risk score (or groups) in ``obs``.
+        AnnData with durations, event indicators and groups or a risk score in ``obs``.
+    groupby
+        ``obs`` column of the groups to compare (categorical, strings or booleans), e.g. the
+        ``"bulkrnabert_risk_group"`` that :func:`~bulkrnabert_sv.tl.risk_groups` writes, or a
+        cohort. Default: ``obs[risk_key]`` cut into ``groups`` here (nothing is written).
     duration_key, event_key
         ``obs`` columns: time to event or censoring, and 1/True = event, 0/False = censored
         (:func:`~bulkrnabert_sv.datasets.read_gdc` writes ``os_time`` and ``os_event``).
     risk_key
-        ``obs`` column with the risk score (``tl.finetune``/``tl.predict`` write
-        ``bulkrnabert_risk``; higher = shorter survival) cut into ``groups`` at quantiles, or a
-        categorical column whose categories are the groups.
+        Without ``groupby``: the ``obs`` column of the risk score (``tl.finetune``/
+        ``tl.predict`` write ``bulkrnabert_risk``; higher = shorter survival), cut into
+        ``groups`` at quantiles as :func:`~bulkrnabert_sv.tl.risk_groups` does; a categorical
+        column is used as the groups.
     groups
         Number of equal-sized groups (2 = split at the median) or cut quantiles in (0, 1).
     labels
-        Names of the groups, lowest risk first.
+        Names of the quantile groups, lowest risk first.
     time_unit
         Unit of the durations, for the x axis label.
     show_ci
         Draw the 95% confidence band of each curve.
+    at_risk
+        Add the table of the numbers at risk (samples whose duration is at least the tick's
+        time) of each group at the x ticks, under the plot.
     ax
         Draw into these axes; default a new figure.
+    show
+        Show the figure (``plt.show()``) and return None. Default: shown when the function made
+        the figure (no ``ax=``), as scanpy's ``settings.autoshow`` (followed once scanpy is
+        imported); with ``ax=``, the axes are returned for you to draw more.
+    save
+        Save the figure as scanpy does: ``True`` writes ``figures/kaplan_meier.pdf``, a string
+        is appended to the name (``"_test.png"``: ``figures/kaplan_meier_test.png``), a
+        :class:`~pathlib.Path` is the file itself (folder, format and suffix follow scanpy's
+        ``settings.figdir``, ``file_format_figs`` and ``plot_suffix`` once it is imported).
 
     Returns
     -------
-    The figure. Each curve is a step line (``Line2D`` with drawstyle ``steps-post``) labelled
-    ``"<group> (n=…)"`` through the Kaplan-Meier estimate (:class:`lifelines.KaplanMeierFitter`);
-    censored samples are ``+`` marks; the axes' text shows the log-rank p-value
-    (:func:`lifelines.statistics.logrank_test` for two groups, the multivariate test for more).
-    Samples with a missing duration, event or risk are left out (with a warning).
+    None when shown, else the axes. Each curve is a step line (``Line2D`` with drawstyle
+    ``steps-post``) labelled ``"<group> (n=…)"`` through the Kaplan-Meier estimate
+    (:class:`lifelines.KaplanMeierFitter`); censored samples are ``+`` marks; the colours are
+    ``uns[f"{groupby}_colors"]`` when it holds one per category (scanpy's convention, so the
+    groups look as in ``sc.pl.umap(adata, color=groupby)``), else matplotlib's cycle. The
+    legend is outside the axes, on the right; the axes' text shows the log-rank p-value
+    (:func:`lifelines.statistics.logrank_test` for two groups, the multivariate test for
+    more). Samples with a missing duration, event or group are left out (with a warning).
     """
     from lifelines import KaplanMeierFitter
     from lifelines.statistics import logrank_test, multivariate_logrank_test
+    from matplotlib.lines import Line2D
 
     durations = pd.to_numeric(_obs(adata, duration_key, "durations"), errors="coerce")
     events = pd.to_numeric(_obs(adata, event_key, "event indicators"), errors="coerce")
-    risk = _obs(adata, risk_key, "risk scores or groups")
-    if isinstance(risk.dtype, pd.CategoricalDtype) or risk.dtype == object:
-        group = pd.Categorical(risk)
-        if labels is not None:
-            raise ValueError("labels= renames quantile groups; obs[risk_key] is already grouped.")
-    else:
-        group = risk_groups(risk, groups, labels)
+    group, color_key = _groups(adata, groupby, risk_key, groups, labels)
     keep = (durations.notna() & events.notna()).to_numpy() & ~pd.isna(group)
     if not keep.all():
-        warnings.warn(
-            f"{int((~keep).sum())} of {len(keep)} samples lack a duration, event or risk and "
+        logg.warn(
+            f"{int((~keep).sum())} of {len(keep)} samples lack a duration, event or group and "
             "are left out of the Kaplan-Meier plot.",
-            stacklevel=2,
+            UserWarning,
         )
     t = durations.to_numpy(dtype=float)[keep]
     e = events.to_numpy(dtype=float)[keep]
@@ -164,17 +231,20 @@ def kaplan_meier(
     present = [c for c in group.categories if (g == c).any()]
     if len(present) < 2:
         raise ValueError(
-            f"Only {len(present)} non-empty risk group(s) among {int(keep.sum())} usable samples; "
+            f"Only {len(present)} non-empty group(s) among {int(keep.sum())} usable samples; "
             "a Kaplan-Meier comparison needs two. Use more samples or fewer groups."
         )
+    palette = category_colors(adata, color_key, group.categories)
+    colors = {c: palette[i] for i, c in enumerate(group.categories) if c in present}
 
-    fig, ax = _axes(ax)
+    fig, ax, created = new_axes(ax, (7.0, 4.0 + (0.2 * len(present) + 0.3 if at_risk else 0)))
     for name in present:
         rows = g == name
-        fitter = KaplanMeierFitter().fit(t[rows], e[rows], label=name)
-        curve = fitter.survival_function_[name]
+        fitter = KaplanMeierFitter().fit(t[rows], e[rows], label=str(name))
+        curve = fitter.survival_function_.iloc[:, 0]
         label = f"{name} (n={int(rows.sum())})"
-        (line,) = ax.step(curve.index, curve.to_numpy(), where="post", label=label)
+        color = colors[name]
+        ax.step(curve.index, curve.to_numpy(), where="post", label=label, color=color)
         if show_ci:
             band = fitter.confidence_interval_survival_function_
             ax.fill_between(
@@ -183,7 +253,7 @@ def kaplan_meier(
                 band.iloc[:, 1],
                 step="post",
                 alpha=0.2,
-                color=line.get_color(),
+                color=color,
                 linewidth=0,
             )
         censored = t[rows][e[rows] == 0]
@@ -192,7 +262,7 @@ def kaplan_meier(
                 censored,
                 fitter.survival_function_at_times(censored).to_numpy(),
                 "+",
-                color=line.get_color(),
+                color=color,
                 markersize=8,
                 label="_censored",
             )
@@ -212,8 +282,24 @@ def kaplan_meier(
     ax.set_xlabel(f"time ({time_unit})")
     ax.set_ylabel("survival probability")
     ax.set_ylim(0, 1.05)
-    ax.legend(loc="lower left", frameon=False)
-    return fig
+    ax.set_xlim(left=0)
+    handles, names = ax.get_legend_handles_labels()
+    if (e == 0).any():
+        handles.append(Line2D([], [], marker="+", linestyle="none", color="0.3", markersize=8))
+        names.append("censored")
+    ax.legend(
+        handles,
+        names,
+        loc="upper left",
+        bbox_to_anchor=(1.02, 1.0),
+        borderaxespad=0,
+        frameon=False,
+        title=groupby,
+    )
+    if at_risk:
+        _at_risk_table(ax, t, g, present, colors)
+    shown = savefig_or_show("kaplan_meier", fig, show=show, save=save, created=created)
+    return None if shown else ax
 
 
 def _history_frame(history, key: str) -> tuple[pd.DataFrame, int | None]:
@@ -250,7 +336,10 @@ def training_history(
     key: str = FINETUNE_KEY,
     log_loss: bool = False,
     figsize: tuple[float, float] | None = None,
-) -> Figure:
+    ax: Axes | Sequence[Axes] | None = None,
+    show: bool | None = None,
+    save: SaveArg = None,
+) -> Axes | list[Axes] | None:
     """Loss and metric curves of a training run.
 
     Parameters
@@ -269,14 +358,26 @@ def training_history(
         Logarithmic y axis for the losses.
     figsize
         Figure size; default depends on the number of panels.
+    ax
+        Draw into these axes, one per panel (a single Axes for one panel); default a new
+        figure.
+    show
+        Show the figure (``plt.show()``) and return None. Default: shown when the function made
+        the figure (no ``ax=``), as scanpy's ``settings.autoshow`` (followed once scanpy is
+        imported); with ``ax=``, the axes are returned for you to draw more.
+    save
+        Save the figure as scanpy does: ``True`` writes ``figures/training_history.pdf``, a
+        string is appended to the name, a :class:`~pathlib.Path` is the file itself (see
+        :func:`kaplan_meier`).
 
     Returns
     -------
-    The figure: a left panel with the columns whose name contains ``loss`` and, when there
-    are others (accuracy, C-index...), a right panel with them. One line per column, labelled
-    with its name, x = ``step`` (pretraining) or the epoch (1, 2, ...). For an AnnData
-    fine-tuned with validation, a dashed vertical line marks ``params["best_epoch"]`` (the
-    epoch whose weights were kept).
+    None when shown, else the axes: a list of two for two panels. The left (or only) panel
+    holds the columns whose name contains ``loss`` and, when there are others (accuracy,
+    C-index...), a right panel holds them. One line per column, labelled with its name,
+    x = ``step`` (pretraining) or the epoch (1, 2, ...). For an AnnData fine-tuned with
+    validation, a dashed vertical line marks ``params["best_epoch"]`` (the epoch whose weights
+    were kept).
     """
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
@@ -300,14 +401,24 @@ def training_history(
     panels = [p for p in (losses, others) if p]
     if not panels:
         raise ValueError("No column to plot: pass keys= naming history columns.")
-    fig, axes = plt.subplots(
-        1,
-        len(panels),
-        figsize=figsize or (4.5 * len(panels), 3.5),
-        layout="constrained",
-        squeeze=False,
-    )
-    for ax, columns in zip(axes[0], panels):
+    if ax is None:
+        fig, grid = plt.subplots(
+            1,
+            len(panels),
+            figsize=figsize or (4.5 * len(panels), 3.5),
+            layout="constrained",
+            squeeze=False,
+        )
+        axes, created = list(grid[0]), True
+    else:
+        axes = [ax] if not isinstance(ax, Sequence | np.ndarray) else list(np.ravel(ax))
+        if len(axes) != len(panels):
+            raise ValueError(
+                f"The history has {len(panels)} panel(s) ({' and '.join(map(str, panels))}) "
+                f"but ax= holds {len(axes)} axes; pass {len(panels)}, or keys= to choose."
+            )
+        fig, created = axes[0].figure, False
+    for ax, columns in zip(axes, panels):
         for column in columns:
             ax.plot(
                 x,
@@ -330,7 +441,10 @@ def training_history(
         if columns is losses and log_loss:
             ax.set_yscale("log")
         ax.legend(frameon=False)
-    return fig
+    shown = savefig_or_show("training_history", fig, show=show, save=save, created=created)
+    if shown:
+        return None
+    return axes[0] if len(axes) == 1 else axes
 
 
 def confusion_matrix(
@@ -342,7 +456,9 @@ def confusion_matrix(
     labels: Sequence[str] | None = None,
     cmap: str = "Blues",
     ax: Axes | None = None,
-) -> Figure:
+    show: bool | None = None,
+    save: SaveArg = None,
+) -> Axes | None:
     """Confusion matrix of true against predicted classes.
 
     Parameters
@@ -363,12 +479,21 @@ def confusion_matrix(
         Colour map.
     ax
         Draw into these axes; default a new figure.
+    show
+        Show the figure (``plt.show()``) and return None. Default: shown when the function made
+        the figure (no ``ax=``), as scanpy's ``settings.autoshow`` (followed once scanpy is
+        imported); with ``ax=``, the axes are returned for you to draw more.
+    save
+        Save the figure as scanpy does: ``True`` writes ``figures/confusion_matrix.pdf``, a
+        string is appended to the name, a :class:`~pathlib.Path` is the file itself (see
+        :func:`kaplan_meier`).
 
     Returns
     -------
-    The figure: an image whose array is the matrix (rows = true, columns = predicted), each
-    cell's value written in it, the balanced accuracy in the title. Samples with a missing
-    true or predicted class are left out.
+    None when shown, else the axes: an image whose array is the matrix (rows = true,
+    columns = predicted), each cell's value written in it, the balanced accuracy in the
+    title, and a colour bar beside it. Samples with a missing true or predicted class are
+    left out.
     """
     from sklearn.metrics import balanced_accuracy_score
     from sklearn.metrics import confusion_matrix as sk_confusion_matrix
@@ -393,7 +518,7 @@ def confusion_matrix(
         warnings.simplefilter("ignore", RuntimeWarning)  # empty rows normalise to 0
         matrix = sk_confusion_matrix(y_true, y_pred, labels=list(labels), normalize=normalize)
     size = 0.6 * len(labels)
-    fig, ax = _axes(ax, figsize=(max(4.5, 2.0 + size), max(3.8, 1.6 + size)))
+    fig, ax, created = new_axes(ax, (max(4.5, 2.0 + size), max(3.8, 1.6 + size)))
     image = ax.imshow(matrix, cmap=cmap, vmin=0, vmax=1 if normalize else None)
     threshold = (matrix.max() + matrix.min()) / 2
     for (i, j), value in np.ndenumerate(matrix):
@@ -410,4 +535,5 @@ def confusion_matrix(
         balanced = balanced_accuracy_score(y_true, y_pred)
     ax.set_title(f"balanced accuracy {balanced:.3f} (n={int(keep.sum())})")
     fig.colorbar(image, ax=ax, shrink=0.8)
-    return fig
+    shown = savefig_or_show("confusion_matrix", fig, show=show, save=save, created=created)
+    return None if shown else ax

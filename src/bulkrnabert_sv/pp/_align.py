@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-import warnings
 from collections import Counter
 from collections.abc import Sequence
 
@@ -14,6 +13,7 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
+from .. import _logging as logg
 from .._core.data import get_matrix, get_modality, iter_row_batches
 
 #: Below this many of its 19,062 genes matched the upstream preprocessing refused a sample; for
@@ -453,12 +453,11 @@ def _warn(alignment: GeneAlignment) -> None:
         example = alignment.duplicated[0]
         j = alignment.genes.index(example)
         inputs = alignment.input_names[alignment.matrix[:, j].nonzero()[0]]
-        warnings.warn(
+        logg.warn(
             f"{len(alignment.duplicated)} model genes receive several input columns (e.g. "
             f"{example} <- {', '.join(map(str, inputs))}); their values are summed. Aggregate "
             "or drop duplicated genes first to control this.",
             DuplicateGenesWarning,
-            stacklevel=3,
         )
     n_missing = len(alignment.missing)
     if n_missing == 0:
@@ -478,7 +477,7 @@ def _warn(alignment: GeneAlignment) -> None:
             f"{share} were found in the input; the other {n_missing} (e.g. "
             f"{', '.join(alignment.missing[:3])}) are set to TPM 0."
         )
-    warnings.warn(message, GeneCoverageWarning, stacklevel=3)
+    logg.warn(message, GeneCoverageWarning)
 
 
 def _no_overlap_message(adata, names, id_type, gene_key, n_vocab) -> str:

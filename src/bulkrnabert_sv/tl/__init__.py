@@ -1,4 +1,4 @@
-"""Tools: embeddings, fine-tuning and pretraining on AnnData/MuData."""
+"""Tools: embeddings, fine-tuning, pretraining and risk groups on AnnData/MuData."""
 
 from .._lazy import lazy_module
 
@@ -10,5 +10,6 @@ _ATTRIBUTES = {
     "FinetunedModel": "._finetune",
     "pretrain": "._pretrain",
     "PretrainCheckpointError": "._pretrain",
+    "risk_groups": "._risk_groups",
 }
 __all__, __getattr__, __dir__ = lazy_module(__name__, _ATTRIBUTES)

@@ -5,12 +5,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import warnings
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .. import _logging as logg
 from .._core.checks import check_layer_index
 from .._core.data import get_modality
 from .._version import __version__
@@ -113,15 +113,18 @@ def check_embed_key(key_added) -> None:
     )
 
 
-def warn_overwrite(fields: list[str], function: str, *, stacklevel: int) -> None:
-    """Warn that ``fields`` (already in the object) are about to be replaced."""
+def warn_overwrite(fields: list[str], function: str, *, stacklevel: int | None = None) -> None:
+    """Warn that ``fields`` (already in the object) are about to be replaced.
+
+    The warning points at the user's line (``_logging.warn``); ``stacklevel`` is ignored (kept
+    for existing callers).
+    """
     if not fields:
         return
-    warnings.warn(
+    logg.warn(
         f"{function} replaces the existing {' and '.join(fields)} (from an earlier run?). "
         "Pass key_added=<another name> to keep both.",
         UserWarning,
-        stacklevel=stacklevel + 1,
     )
 
 
@@ -371,11 +374,21 @@ def embed(
     if not isinstance(model, BulkRNABert):
         model = load_model(model)
     resolved_layer = model._resolve_layer(embedding_layer)
+    start = logg.info(
+        f"computing BulkRNABert embeddings of {adata.n_obs} samples (block {resolved_layer} of "
+        f"{model.config.num_layers}, mean over {model.config.n_genes} genes)"
+    )
     batches = HashingBatches(
         token_batches(adata, model, layer=layer, gene_key=gene_key, batch_size=batch_size)
     )
-    embeddings = embed_tokens(model, batches, layer=resolved_layer, progress=progress)
     alignment = batches.alignment
+    if logg.enabled(logg.DEBUG):
+        logg.debug(
+            f"{alignment.n_matched} of {len(alignment.genes)} model genes found in "
+            f"{'var_names' if gene_key is None else f'var[{gene_key!r}]'} "
+            f"({100 * alignment.coverage:.1f}%); model {model!r}"
+        )
+    embeddings = embed_tokens(model, batches, layer=resolved_layer, progress=progress)
     params = {
         "model": str(model.source) if model.source is not None else "in-memory model",
         "revision": str(model.revision) if model.revision is not None else "",
@@ -402,8 +415,13 @@ def embed(
     existing = [f"obsm[{key_added!r}]"] if key_added in written.obsm else []
     if uns_key_for(key_added) in written.uns:
         existing.append(f"uns[{uns_key_for(key_added)!r}]")
-    warn_overwrite(existing, "tl.embed", stacklevel=2)
+    warn_overwrite(existing, "tl.embed")
     _write(written, key_added, embeddings, result)
+    logg.added(
+        start,
+        (key_added, "embeddings", logg.where(target, mod, "obsm")),
+        (uns_key_for(key_added), "parameters and gene alignment", logg.where(target, mod, "uns")),
+    )
     return target if copy else None
 
 
