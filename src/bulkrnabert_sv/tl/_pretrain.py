@@ -16,6 +16,7 @@ import optax
 import pandas as pd
 from flax import nnx
 
+from .. import _logging as logg
 from .._core import sharding as shard
 from .._core.data import get_modality
 from .._core.masking import check_mask_rate, marginal_log_probs, masked_sums, sample_mask
@@ -88,8 +89,9 @@ def pretrain(
           architecture, whose vocabulary is the input's genes (see ``genes``);
         * a :class:`~bulkrnabert_sv.model.BulkRNABertConfig`: a new random model of that
           architecture (``n_genes`` follows the vocabulary);
-        * a checkpoint source (a folder or a Hugging Face repo id, as for
-          :func:`~bulkrnabert_sv.load_model`) or a loaded :class:`BulkRNABert`: continue from
+        * a checkpoint source (``"compact"`` for the bundled compact model, a folder or a
+          Hugging Face repo id, as for :func:`~bulkrnabert_sv.load_model`) or a loaded
+          :class:`BulkRNABert`: continue from
           its weights; the data are aligned to ``model.genes`` as in ``tl.embed``. A model passed
           in is copied, never modified.
     genes
@@ -240,6 +242,10 @@ def pretrain(
     start = int(jax.device_get(state["step"]))
     end = steps if stop_after is None else min(steps, start + stop_after)
     last_saved = resumed_from
+    began = logg.info(
+        f"pretraining {net!r} on {n_obs} samples: steps {start + 1} to {end} of {steps}"
+        + ("" if resumed_from is None else f" (resumed from step {resumed_from})")
+    )
     bar = _progress_bar(progress, steps, start)
     try:
         for step in range(start, end):
@@ -262,6 +268,7 @@ def pretrain(
             if checkpointer is not None and (step + 1) % checkpoint_every == 0:
                 checkpointer.save(step + 1, state, {"history": _rows(history)})
                 last_saved = step + 1
+                logg.debug(f"saved the checkpoint of step {step + 1} to {checkpoint_dir}")
             if callback is not None:
                 callback(dict(row))
     except KeyboardInterrupt:
@@ -302,6 +309,18 @@ def pretrain(
         resumed_from=resumed_from,
         checkpoint_dir=None if checkpoint_dir is None else str(checkpoint_dir),
     )
+    if history:
+        last = history[-1]
+        logg.info(
+            f"    finished: step {done} of {steps}, loss {last['loss']:.4g} (baseline "
+            f"{last['baseline_loss']:.4g}), masked accuracy {last['masked_accuracy']:.3f}"
+            + (
+                f"; model saved to {trained.source}"
+                if done == steps and checkpointer is not None
+                else ""
+            ),
+            time=began,
+        )
     return trained, frame
 
 
@@ -584,6 +603,4 @@ def _rows(history: list[dict]) -> list[list]:
 def _progress_bar(progress: bool, total: int, initial: int):
     if not progress or jax.process_index() != 0:
         return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, desc="pretrain", unit="step")
+    return logg.progress_bar(total=total, initial=initial, desc="pretrain", unit="step")
