@@ -1,4 +1,5 @@
-"""Cox partial likelihood (Breslow ties) and Harrell's C-index against lifelines/scikit-survival."""
+"""Cox partial likelihood, C-index, ridge Cox, Breslow curves and evaluation metrics, against
+lifelines, scikit-survival and scikit-learn."""
 
 from __future__ import annotations
 
@@ -7,8 +8,22 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bulkrnabert_sv._core.metrics import classification_metrics
-from bulkrnabert_sv._core.survival import concordance_index, cox_negative_log_likelihood
+from bulkrnabert_sv._core.metrics import (
+    classification_metrics,
+    corrected_interval,
+    evaluation_times,
+    probability_metrics,
+    survival_metrics,
+)
+from bulkrnabert_sv._core.survival import (
+    breslow_baseline,
+    concordance_index,
+    cox_negative_log_likelihood,
+    partial_log_likelihood,
+    ridge_cox,
+    survival_curves,
+)
+from bulkrnabert_sv._core.training import fit_temperature
 
 
 @pytest.fixture(scope="module")
@@ -144,3 +159,148 @@ def test_classification_metrics_match_sklearn(seed):
     with pytest.warns(UserWarning):  # sklearn warns about class 4 (predicted, never true)
         expected = metrics.balanced_accuracy_score(y_true, y_pred)
     assert ours["balanced_accuracy"] == pytest.approx(expected, abs=1e-12)
+
+
+# ------------------------------------------------------------------------------ ridge Cox
+@pytest.mark.parametrize("l2", [1e-3, 0.1, 3.0])
+def test_ridge_cox_matches_scikit_survival(rossi, l2):
+    from sksurv.linear_model import CoxPHSurvivalAnalysis
+    from sksurv.util import Surv
+
+    x, time, event = rossi
+    x = (x - x.mean(axis=0)) / x.std(axis=0)
+    n = x.shape[0]
+    reference = CoxPHSurvivalAnalysis(alpha=l2 * n, ties="breslow")
+    reference.fit(x, Surv.from_arrays(event.astype(bool), time))
+    beta = ridge_cox(x, time, event, l2)
+    np.testing.assert_allclose(beta, reference.coef_, atol=1e-8)
+    assert np.abs(beta).max() > 0.01
+    # a warm start from another penalty reaches the same optimum
+    np.testing.assert_allclose(ridge_cox(x, time, event, l2, beta=beta * 3 + 0.1), beta, atol=1e-8)
+
+
+def test_partial_log_likelihood_equals_the_loss(rossi):
+    x, time, event = rossi
+    risk = x @ np.linspace(-0.3, 0.3, x.shape[1])
+    expected = -float(cox_negative_log_likelihood(risk, time, event)) * event.sum()
+    assert partial_log_likelihood(risk, time, event) == pytest.approx(expected, rel=1e-5)
+
+
+def test_breslow_curves_match_scikit_survival(rossi):
+    from sksurv.linear_model import CoxPHSurvivalAnalysis
+    from sksurv.util import Surv
+
+    x, time, event = rossi
+    fitted = CoxPHSurvivalAnalysis(ties="breslow").fit(
+        x, Surv.from_arrays(event.astype(bool), time)
+    )
+    risk = fitted.predict(x)
+    times_, hazard = breslow_baseline(risk, time, event)
+    assert np.all(np.diff(times_) > 0) and np.all(np.diff(hazard) >= 0)
+    grid = np.array([1.0, 10.0, 26.5, 52.0])
+    curves = survival_curves(risk[:20], times_, hazard, grid)
+    expected = np.stack([f(grid) for f in fitted.predict_survival_function(x[:20])])
+    np.testing.assert_allclose(curves, expected, rtol=1e-10)
+    # before the first time nothing has happened; after the last time nothing is known
+    before_after = survival_curves(risk[:3], times_, hazard, [0.5, 60.0])
+    np.testing.assert_array_equal(before_after[:, 0], 1.0)
+    assert np.isnan(before_after[:, 1]).all()
+
+
+# ------------------------------------------------------------------------------ metrics
+def test_probability_metrics_match_scikit_learn():
+    from sklearn.metrics import log_loss, roc_auc_score
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 300)
+    logits = rng.normal(size=(300, 3)) + 1.5 * np.eye(3)[y]
+    proba = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    scores = probability_metrics(y, proba)
+    assert scores["auroc"] == pytest.approx(
+        roc_auc_score(y, proba, multi_class="ovr", average="macro"), abs=1e-12
+    )
+    assert scores["log_loss"] == pytest.approx(log_loss(y, proba), abs=1e-12)
+    assert 0.6 < scores["balanced_accuracy"] < 0.9
+    binary = probability_metrics(
+        y[y < 2], proba[y < 2][:, :2] / proba[y < 2][:, :2].sum(1)[:, None]
+    )
+    assert binary["auroc"] == pytest.approx(
+        roc_auc_score(y[y < 2], proba[y < 2][:, 1] / proba[y < 2][:, :2].sum(1)), abs=1e-12
+    )
+
+
+def test_temperature_recovers_a_known_temperature():
+    rng = np.random.default_rng(1)
+    logits = rng.normal(scale=3.0, size=(20000, 4))
+    p = np.exp(logits / 2.5)
+    p /= p.sum(axis=1, keepdims=True)
+    labels = np.array([rng.choice(4, p=row) for row in p])
+    assert fit_temperature(logits, labels) == pytest.approx(2.5, rel=0.05)
+
+
+def test_survival_metrics_match_scikit_survival(rossi):
+    from sksurv.metrics import concordance_index_censored, concordance_index_ipcw
+    from sksurv.util import Surv
+
+    x, time, event = rossi
+    risk = x @ np.linspace(-0.3, 0.3, x.shape[1])
+    train, test = np.arange(0, 432, 2), np.arange(1, 432, 2)
+    grid = evaluation_times(time[train], event[train], time[test])
+    assert grid.size >= 2 and grid.min() >= time[test].min() and grid.max() < time[test].max()
+    scores = survival_metrics(time[train], event[train], time[test], event[test], risk[test],
+                              None, grid)  # fmt: skip
+    assert (
+        scores["c_harrell"]
+        == concordance_index_censored(event[test].astype(bool), time[test], risk[test])[0]
+    )
+    y_train = Surv.from_arrays(event[train].astype(bool), time[train])
+    y_test = Surv.from_arrays(event[test].astype(bool), time[test])
+    assert scores["c_uno"] == concordance_index_ipcw(y_train, y_test, risk[test], tau=grid.max())[0]
+    assert 0.5 < scores["auc"] < 1 and np.isnan(scores["integrated_brier_score"])
+    # a model that knows nothing: survival 0.5 everywhere gives a Brier score of about 0.25
+    flat = np.full((test.size, grid.size), 0.5)
+    scores = survival_metrics(time[train], event[train], time[test], event[test],
+                              np.zeros(test.size), flat, grid)  # fmt: skip
+    assert scores["integrated_brier_score"] == pytest.approx(0.25, abs=0.02)
+    assert scores["c_harrell"] == 0.5
+
+
+def test_corrected_interval_is_wider_than_the_naive_one():
+    from scipy import stats
+
+    values = np.array([0.61, 0.66, 0.58, 0.70, 0.64, 0.62, 0.67, 0.59, 0.65, 0.63])
+    mean, sd, low, high = corrected_interval(values, 0.25, 0.95)
+    assert mean == pytest.approx(values.mean()) and sd == pytest.approx(values.std(ddof=1))
+    half = stats.t.ppf(0.975, 9) * np.sqrt((1 / 10 + 0.25) * sd**2)
+    assert (low, high) == pytest.approx((mean - half, mean + half))
+    naive = stats.t.ppf(0.975, 9) * sd / np.sqrt(10)
+    assert high - low > 2 * naive * 1.8
+    assert np.isnan(corrected_interval([0.5], 0.25)[2])
+    assert corrected_interval([0.5, np.nan, 0.7], 0.25)[0] == pytest.approx(0.6)
+
+
+def test_weighted_metrics_unchanged_by_the_follow_up_cut():
+    """Where scikit-survival accepts the raw test data, the cut gives its values exactly."""
+    from sksurv.metrics import cumulative_dynamic_auc, integrated_brier_score
+    from sksurv.util import Surv
+
+    rng = np.random.default_rng(3)
+    n = 400
+    z = rng.normal(size=n)
+    event_time = rng.exponential(np.exp(-z))
+    censor = rng.exponential(1.5, n)
+    time, event = np.minimum(event_time, censor), (event_time <= censor).astype(int)
+    train, test = np.arange(0, n, 2), np.arange(1, n, 2)
+    keep = time[test] < time[train].max()  # raw test follow-up inside the training range
+    test = test[keep]
+    grid = evaluation_times(time[train], event[train], time[test])
+    curves = np.exp(-np.outer(np.exp(z[test]), grid))
+    scores = survival_metrics(time[train], event[train], time[test], event[test], z[test],
+                              curves, grid)  # fmt: skip
+    y_train = Surv.from_arrays(event[train].astype(bool), time[train])
+    y_test = Surv.from_arrays(event[test].astype(bool), time[test])
+    assert scores["auc"] == pytest.approx(cumulative_dynamic_auc(y_train, y_test, z[test], grid)[1])
+    assert scores["integrated_brier_score"] == pytest.approx(
+        integrated_brier_score(y_train, y_test, curves, grid)
+    )
+    assert scores["auc"] > 0.65

@@ -1,4 +1,8 @@
-"""The fine-tuned model: encoder (possibly with IA3 vectors) + MLP head, its losses and its files.
+"""The fine-tuned model: encoder (possibly with IA3 vectors) + head, its losses and its files.
+
+The head is an :class:`~bulkrnabert_sv.model.MLPHead` (a linear head is one without hidden
+layers) or a :class:`HeadEnsemble` of several, averaged. Survival models also keep Breslow's
+baseline cumulative hazard, from which survival curves follow.
 
 Layout of a saved fine-tuned model (no pickle anywhere)::
 
@@ -6,7 +10,9 @@ Layout of a saved fine-tuned model (no pickle anywhere)::
       backbone/            the encoder, written by BulkRNABert.save (IA3 vectors included)
       head.safetensors     the head's weights (NNX paths)
       finetuned.json       task, method, classes, head settings, obs keys, training parameters,
-                           metrics and history, package version
+                           metrics and history, baseline hazard (survival), package version
+
+Format version 2 (an ensemble head) is written only for ensembles; other models stay version 1.
 """
 
 from __future__ import annotations
@@ -25,7 +31,9 @@ from .survival import cox_negative_log_likelihood
 from .targets import TASKS
 
 FORMAT_NAME = "bulkrnabert-sv-finetuned"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: How an ensemble head combines its members (see HeadEnsemble).
+COMBINE = ("probabilities", "mean")
 META_FILE = "finetuned.json"
 HEAD_FILE = "head.safetensors"
 BACKBONE_DIR = "backbone"
@@ -67,6 +75,48 @@ class EncoderWithHead(nnx.Module):
 
     def __call__(self, tokens):
         return self.head(self.encoder.mean_embedding(tokens, layer=self.embedding_layer))
+
+
+class HeadEnsemble(nnx.Module):
+    """Several heads of the same shape, trained with different seeds, averaged.
+
+    Parameters
+    ----------
+    members
+        The heads (:class:`~bulkrnabert_sv.model.MLPHead`, same settings).
+    combine
+        ``"probabilities"`` (classification): the output is the log of the members' mean
+        class probabilities, so its softmax is that mean; ``"mean"`` (survival): the mean of
+        the members' risk scores.
+    """
+
+    def __init__(self, members, combine: str):
+        if combine not in COMBINE:
+            raise ValueError(f"combine must be one of {COMBINE}, got {combine!r}.")
+        members = list(members)
+        if len(members) < 2:
+            raise ValueError("An ensemble needs at least two heads.")
+        self.members = nnx.List(members)
+        self.settings = {**members[0].settings, "members": len(members), "combine": combine}
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        outputs = jnp.stack([member(x) for member in self.members])
+        if self.settings["combine"] == "probabilities":
+            return jnp.log(jnp.mean(jax.nn.softmax(outputs, axis=-1), axis=0))
+        return jnp.mean(outputs, axis=0)
+
+
+def build_head(settings: Mapping, rngs: nnx.Rngs):
+    """A head (or an ensemble of heads) from its ``settings`` dict."""
+    from ..model import MLPHead
+
+    settings = dict(settings)
+    members = settings.pop("members", None)
+    combine = settings.pop("combine", None)
+    shape = (settings.pop("in_features"), settings.pop("hidden_sizes"), settings.pop("n_outputs"))
+    if members is None:
+        return MLPHead(*shape, **settings, rngs=rngs)
+    return HeadEnsemble([MLPHead(*shape, **settings, rngs=rngs) for _ in range(members)], combine)
 
 
 #: Compiled functions, keyed by what determines the computation (a GraphDef holding the
@@ -161,7 +211,7 @@ def _default(value, default_name: str):
 
 # ------------------------------------------------------------------------------------ the model
 class FinetunedModel:
-    """A BulkRNABert encoder and a trained MLP head, for classification or Cox survival.
+    """A BulkRNABert encoder and a trained head, for classification or Cox survival.
 
     Made by :func:`bulkrnabert_sv.tl.finetune`, restored by :func:`bulkrnabert_sv.load_finetuned`.
 
@@ -171,7 +221,8 @@ class FinetunedModel:
         The :class:`~bulkrnabert_sv.model.BulkRNABert` encoder (with IA3 vectors for
         ``method="ia3"``, all weights fine-tuned for ``"full"``, unchanged for ``"probe"``).
     head
-        The :class:`~bulkrnabert_sv.model.MLPHead` on the mean embedding.
+        The :class:`~bulkrnabert_sv.model.MLPHead` on the mean embedding (no hidden layers for
+        the linear head), or a :class:`HeadEnsemble` of them.
     task
         ``"classification"`` or ``"survival"``.
     method
@@ -184,6 +235,12 @@ class FinetunedModel:
         The encoder block (1-indexed) whose mean embedding feeds the head.
     params, metrics, history
         Training parameters, final train/validation metrics and per-epoch history.
+    selection
+        How the head's settings were chosen by inner cross-validation (the L2 grid and its
+        scores, or the epoch curves), empty when they were not.
+    baseline_hazard
+        Survival: ``{"time": [...], "cumulative_hazard": [...]}``, Breslow's estimate on the
+        training samples' risk scores (see :meth:`survival_function`); else None.
     """
 
     def __init__(
@@ -200,6 +257,8 @@ class FinetunedModel:
         params: dict | None = None,
         metrics: dict | None = None,
         history: dict | None = None,
+        selection: dict | None = None,
+        baseline_hazard: Mapping | None = None,
     ):
         self.encoder = encoder
         self.head = head
@@ -212,14 +271,29 @@ class FinetunedModel:
         self.params = dict(params or {})
         self.metrics = dict(metrics or {})
         self.history = dict(history or {})
+        self.selection = dict(selection or {})
+        self.baseline_hazard = None
+        if baseline_hazard is not None:
+            self.baseline_hazard = {
+                "time": [float(v) for v in baseline_hazard["time"]],
+                "cumulative_hazard": [float(v) for v in baseline_hazard["cumulative_hazard"]],
+            }
 
     def __repr__(self) -> str:
         what = f"{len(self.classes)} classes" if self.classes is not None else "Cox risk"
         return (
-            f"FinetunedModel(task={self.task!r}, method={self.method!r}, {what}, "
+            f"FinetunedModel(task={self.task!r}, method={self.method!r}, "
+            f"head={self.head_kind!r}, {what}, "
             f"obs_key={self.obs_key!r}, embedding_layer={self.embedding_layer}, "
             f"encoder={self.encoder.config.num_layers} layers × {self.encoder.config.embed_dim})"
         )
+
+    @property
+    def head_kind(self) -> str:
+        """``"linear"`` (no hidden layer) or ``"mlp"``; ``" x n"`` appended for an ensemble."""
+        settings = self.head.settings
+        kind = "mlp" if settings["hidden_sizes"] else "linear"
+        return f"{kind} x {settings['members']}" if "members" in settings else kind
 
     @property
     def genes(self) -> tuple[str, ...] | None:
@@ -261,6 +335,59 @@ class FinetunedModel:
             proba = np.asarray(jax.nn.softmax(jnp.asarray(outputs, jnp.float32), axis=-1))
             return pd.DataFrame(proba, index=index, columns=pd.Index(self.classes))
         return pd.DataFrame({RISK_COLUMN: np.asarray(outputs[:, 0], dtype=np.float32)}, index=index)
+
+    def survival_function(self, risk, times) -> np.ndarray:
+        """Survival probabilities ``S(t | x) = exp(-H0(t) exp(risk))`` at ``times``.
+
+        Parameters
+        ----------
+        risk
+            Risk scores (n,), as :meth:`predict` returns them (column ``risk``).
+        times
+            Times (same unit as the training durations).
+
+        Returns
+        -------
+        Array (n, n_times), float64: Breslow's baseline cumulative hazard ``H0`` of the training
+        samples (0 before the first observed time); NaN after the last observed training time.
+
+        Raises
+        ------
+        ValueError
+            The model is a classifier, or has no baseline hazard (saved by an older version).
+        """
+        from .survival import survival_curves
+
+        if self.task != "survival":
+            raise ValueError("survival_function is for survival models; this is a classifier.")
+        if self.baseline_hazard is None:
+            raise ValueError(
+                "This model has no baseline hazard (saved by an older version of bulkrnabert-sv):"
+                " fine-tune it again to get survival curves."
+            )
+        times = np.asarray(times, dtype=np.float64).reshape(-1)
+        if times.size == 0 or not np.isfinite(times).all() or (times < 0).any():
+            raise ValueError(f"times must be finite and >= 0, got {times!r}.")
+        return survival_curves(
+            risk,
+            self.baseline_hazard["time"],
+            self.baseline_hazard["cumulative_hazard"],
+            times,
+        )
+
+    def predict_survival(self, data, times, **kwargs) -> pd.DataFrame:
+        """Survival probabilities of every sample of ``data`` at ``times`` (nothing is written).
+
+        ``kwargs`` as for :meth:`predict`. Returns a DataFrame indexed by ``obs_names`` with one
+        column per time (see :meth:`survival_function`).
+        """
+        risk = self.predict(data, **kwargs)[RISK_COLUMN].to_numpy()
+        times = np.asarray(times, dtype=np.float64).reshape(-1)
+        curves = self.survival_function(risk, times)
+        from .data import get_modality
+
+        index = get_modality(data, kwargs.get("mod", "rna")).obs_names.copy()
+        return pd.DataFrame(curves, index=index, columns=pd.Index(times, name="time"))
 
     def predict(
         self,
@@ -319,7 +446,7 @@ class FinetunedModel:
         save_file(tensors, str(folder / HEAD_FILE), metadata={"format": FORMAT_NAME})
         meta = {
             "format": FORMAT_NAME,
-            "format_version": FORMAT_VERSION,
+            "format_version": FORMAT_VERSION if "members" in self.head.settings else 1,
             "package_version": __version__,
             "task": self.task,
             "method": self.method,
@@ -333,6 +460,8 @@ class FinetunedModel:
             "params": _jsonable(self.params),
             "metrics": _jsonable(self.metrics),
             "history": _jsonable(self.history),
+            "selection": _jsonable(self.selection),
+            "baseline_hazard": _jsonable(self.baseline_hazard),
         }
         (folder / META_FILE).write_text(json.dumps(meta, indent=1, sort_keys=True))
         return folder
@@ -358,7 +487,7 @@ def load_finetuned(path) -> FinetunedModel:
         not match the head's outputs, ...); the message lists every problem and what to do. An
         encoder folder (``model.save``) is pointed to ``load_model``.
     """
-    from ..model import MLPHead, load_model
+    from ..model import load_model
     from ..model.checkpoints import (
         OWN_CONFIG_FILE,
         OWN_RULES,
@@ -408,13 +537,11 @@ def load_finetuned(path) -> FinetunedModel:
     encoder = load_model(folder / BACKBONE_DIR)
     encoder.source = meta.get("source")
     encoder.revision = meta.get("revision")
-    settings = dict(meta["head"])
-    shape = (settings.pop("in_features"), settings.pop("hidden_sizes"), settings.pop("n_outputs"))
     problems = encoder_problems(meta, encoder)
     try:
-        head = nnx.eval_shape(lambda: MLPHead(*shape, **settings, rngs=nnx.Rngs(0)))
+        head = nnx.eval_shape(lambda: build_head(meta["head"], nnx.Rngs(0)))
     except (TypeError, ValueError) as error:  # an unknown activation or setting
-        problems.append(f"'head' does not describe an MLPHead: {error}")
+        problems.append(f"'head' does not describe an MLPHead or an ensemble of them: {error}")
     if problems:
         raise checkpoint_error(str(meta_path), problems, fix)
     targets = flat_state(head, nnx.Param)
@@ -432,6 +559,8 @@ def load_finetuned(path) -> FinetunedModel:
         params=meta.get("params"),
         metrics=meta.get("metrics"),
         history=meta.get("history"),
+        selection=meta.get("selection"),
+        baseline_hazard=meta.get("baseline_hazard"),
     )
 
 
@@ -473,6 +602,10 @@ def meta_problems(meta: Mapping) -> list[str]:
             )
         if _is_int(head.get("n_outputs"), 1):
             n_outputs = head["n_outputs"]
+        if "members" in head and not _is_int(head.get("members"), 2):
+            problems.append(f"'head.members' is {head.get('members')!r}, not an integer >= 2")
+        if "members" in head and head.get("combine") not in COMBINE:
+            problems.append(f"'head.combine' is {head.get('combine')!r}; one of {list(COMBINE)}")
     classes = meta.get("classes")
     if task == "classification":
         if not isinstance(classes, list) or len(classes) < 2:
@@ -509,7 +642,21 @@ def meta_problems(meta: Mapping) -> list[str]:
             f"'embedding_layer' is {meta.get('embedding_layer', '<absent>')!r}, not an encoder "
             "block (an integer >= 1)"
         )
-    for key in ("params", "metrics", "history"):
+    hazard = meta.get("baseline_hazard")
+    if hazard is not None:
+        if task != "survival":
+            problems.append("'baseline_hazard' is for survival models; a classifier has none")
+        elif not (
+            isinstance(hazard, Mapping)
+            and isinstance(hazard.get("time"), list)
+            and isinstance(hazard.get("cumulative_hazard"), list)
+            and len(hazard["time"]) == len(hazard["cumulative_hazard"]) > 0
+        ):
+            problems.append(
+                "'baseline_hazard' must hold two lists of the same length, 'time' and "
+                "'cumulative_hazard'"
+            )
+    for key in ("params", "metrics", "history", "selection"):
         if meta.get(key) is not None and not isinstance(meta[key], Mapping):
             problems.append(f"'{key}' is {type(meta[key]).__name__}, not a mapping")
     return problems

@@ -43,6 +43,21 @@ class Targets:
     strata: np.ndarray
     classes: list | None = None
     n_dropped: int = 0
+    #: The weight of each class by name, as set by set_class_weight (None: unweighted).
+    class_weights: dict | None = None
+
+    def subset(self, positions: np.ndarray) -> Targets:
+        """The targets of some labelled samples (``positions`` index ``rows``); no weights."""
+        positions = np.asarray(positions)
+        arrays = {k: v[positions] for k, v in self.arrays.items() if k != "weight"}
+        return Targets(
+            task=self.task,
+            rows=self.rows[positions],
+            arrays=arrays,
+            strata=self.strata[positions],
+            classes=self.classes,
+            n_dropped=0,
+        )
 
     def stratum_names(self) -> dict[int, str]:
         if self.task == "classification":
@@ -84,9 +99,12 @@ class Targets:
                 f"got {type(class_weight).__name__}."
             )
         self.arrays["weight"] = per_class[labels].astype(np.float32)
-        if class_weight is None:
-            return None
-        return {str(c): float(w) for c, w in zip(self.classes, per_class)}
+        self.class_weights = (
+            None
+            if class_weight is None
+            else {str(c): float(w) for c, w in zip(self.classes, per_class)}
+        )
+        return self.class_weights
 
 
 def obs_column(data, adata, key: str, what: str) -> pd.Series:
@@ -240,9 +258,15 @@ def survival_targets(
     )
 
 
-def check_splittable(targets: Targets, validation_fraction: float, obs_key: str) -> None:
-    """Every stratum needs 2 samples to be split between training and validation."""
-    if validation_fraction <= 0:
+def check_splittable(
+    targets: Targets, validation_fraction: float, obs_key: str, *, folds: bool = False
+) -> None:
+    """Every stratum needs 2 samples to be split between training and validation.
+
+    ``folds=True``: the split is into inner cross-validation folds (the message then says how
+    to do without them).
+    """
+    if validation_fraction <= 0 and not folds:
         return
     names = targets.stratum_names()
     counts = np.bincount(targets.strata, minlength=len(names))
@@ -250,6 +274,21 @@ def check_splittable(targets: Targets, validation_fraction: float, obs_key: str)
     if not small:
         return
     listed = ", ".join(f"{name} ({count})" for name, count in small)
+    if folds:
+        fix = (
+            "pass inner_folds=0 with a fixed l2=<value> (linear head) or a validation_fraction "
+            "(MLP head)."
+        )
+        if targets.task == "classification":
+            raise ValueError(
+                f"Too few samples to form inner cross-validation folds from class(es) {listed} "
+                f"of obs[{obs_key!r}] (each class needs at least 2). Drop or merge those "
+                f"classes, or {fix}"
+            )
+        raise ValueError(
+            f"Too few {listed} to stratify inner cross-validation folds on the event indicator "
+            f"(at least 2 of each are needed). Add samples, or {fix}"
+        )
     if targets.task == "classification":
         raise ValueError(
             f"Too few samples to split class(es) {listed} of obs[{obs_key!r}] between training "

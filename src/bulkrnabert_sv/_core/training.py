@@ -1,17 +1,22 @@
-"""A small supervised training loop: stratified split, padded mini-batches, AdamW, early stopping.
+"""Supervised training: splits and folds, the gradient training loop, and the linear head.
 
-The model is given as pure functions of pytrees so that one jitted step serves the MLP probe
-(inputs are embeddings) and encoder fine-tuning (inputs are tokens):
+The loop (:class:`Trainer`: padded mini-batches, AdamW, early stopping) takes the model as pure
+functions of pytrees so that one jitted step serves the MLP probe (inputs are embeddings) and
+encoder fine-tuning (inputs are tokens):
 
 * ``apply(params, frozen, inputs) -> outputs`` computes the model's outputs for a batch;
 * ``loss(outputs, targets, mask) -> scalar`` is the training loss, where ``targets`` is a dict of
   per-sample arrays and ``mask`` marks the real samples of a padded batch.
+
+The linear head (:func:`fit_linear_head`) is fitted to convergence instead: ridge logistic
+regression (scikit-learn) or a ridge Cox model, its L2 strength chosen on inner folds
+(:func:`stratified_folds`), its probabilities calibrated by a temperature.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -169,7 +174,7 @@ class Trainer:
             def predict(params, index):
                 return self.predict(params, frozen, inputs, index, batch_size)
 
-        from tqdm.auto import tqdm
+        from .._logging import progress_bar
 
         opt_state = self.optimizer(learning_rate=learning_rate, weight_decay=weight_decay).init(
             params
@@ -181,7 +186,9 @@ class Trainer:
         best = (np.inf, params, 0)
         since_best = 0
         epochs_run = 0
-        bar = tqdm(range(1, epochs + 1), desc="fine-tuning", unit="epoch", disable=not progress)
+        bar = progress_bar(
+            range(1, epochs + 1), progress=progress, desc="fine-tuning", unit="epoch"
+        )
         for epoch in bar:
             losses, weights = [], []
             for index, mask in padded_batches(train_index, batch_size, rng):
@@ -220,3 +227,297 @@ class Trainer:
         if validating:
             return FitResult(best[1], history, best[2], epochs_run)
         return FitResult(params, history, epochs_run, epochs_run)
+
+
+# ------------------------------------------------------------------------------ folds
+def stratified_folds(
+    strata: np.ndarray, n_folds: int, seed: int | Sequence[int]
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``(train, validation)`` index pairs of a shuffled stratified k-fold (scikit-learn).
+
+    ``n_folds`` is lowered to the size of the smallest stratum (at least 2 members each are
+    needed; check before calling), so every fold holds out members of every stratum.
+    """
+    from sklearn.model_selection import StratifiedKFold
+
+    strata = np.asarray(strata)
+    smallest = int(np.bincount(np.unique(strata, return_inverse=True)[1]).min())
+    n_folds = max(2, min(int(n_folds), smallest))
+    seed = int(np.random.SeedSequence(seed).generate_state(1)[0])
+    splitter = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    return [
+        (np.sort(train), np.sort(validation))
+        for train, validation in splitter.split(np.zeros(strata.size), strata)
+    ]
+
+
+# ------------------------------------------------------------------------------ linear head
+#: The default grid of L2 strengths of the linear head, per sample on standardised embeddings
+#: (``mean loss + l2 / 2 * ||w||^2``): from almost none to strong shrinkage.
+L2_GRID = tuple(float(v) for v in np.logspace(-4, 1.5, 12))
+
+
+@dataclasses.dataclass
+class LinearFit:
+    """A linear head on raw embeddings: ``outputs = x @ kernel + bias``.
+
+    Attributes
+    ----------
+    kernel, bias
+        Weights (p, n_outputs) and bias (n_outputs,), the standardisation (and, for
+        classification, the temperature) folded in.
+    l2
+        The L2 strength used.
+    selection
+        How ``l2`` was chosen (empty for a fixed ``l2``): ``l2_grid``, ``score`` (the
+        criterion), per grid value ``cv_balanced_accuracy`` and ``cv_log_loss``
+        (classification) or ``cv_partial_likelihood`` (survival, per event), ``inner_folds``,
+        ``n_seeds`` and, for classification, ``temperature``.
+    out_of_fold
+        Outputs of the inner folds' models for their held-out samples at the chosen ``l2``
+        (first seed, temperature applied), or None without inner cross-validation.
+    """
+
+    kernel: np.ndarray
+    bias: np.ndarray
+    l2: float
+    selection: dict
+    out_of_fold: np.ndarray | None = None
+
+
+def _standardise(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    mean = x.mean(axis=0)
+    scale = x.std(axis=0)
+    scale = np.where(scale > 1e-12 * max(1.0, float(np.abs(mean).max(initial=0.0))), scale, 1.0)
+    return mean, scale
+
+
+class _Logistic:
+    """Multinomial (or binary) ridge logistic regression (scikit-learn, lbfgs), warm-started."""
+
+    def __init__(self, n_classes: int, tol: float):
+        self.n_classes = n_classes
+        self.tol = tol
+        self.estimator = None
+
+    def fit(self, xs, labels, weights, l2):
+        from sklearn.linear_model import LogisticRegression
+
+        c = 1.0 / (l2 * xs.shape[0])
+        if self.estimator is None:
+            self.estimator = LogisticRegression(C=c, max_iter=5000, tol=self.tol, warm_start=True)
+        self.estimator.set_params(C=c)
+        self.estimator.fit(xs, labels, sample_weight=weights)
+        est = self.estimator
+        kernel = np.zeros((xs.shape[1], self.n_classes))
+        bias = np.full(self.n_classes, -30.0)  # classes absent from this training set
+        present = est.classes_.astype(np.int64)
+        if present.size == 2:
+            kernel[:, present[1]] = est.coef_[0]
+            bias[present[0]], bias[present[1]] = 0.0, est.intercept_[0]
+        else:
+            kernel[:, present] = est.coef_.T
+            bias[present] = est.intercept_
+        return kernel, bias
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _fit_path(task, xs, arrays, grid, n_classes, *, tol=1e-6):
+    """(kernel, bias) on standardised inputs for each l2 of ``grid`` (descending, warm starts)."""
+    from .survival import ridge_cox
+
+    fits = []
+    if task == "classification":
+        model = _Logistic(n_classes, tol)
+        for l2 in grid:
+            fits.append(model.fit(xs, arrays["label"], arrays.get("weight"), l2))
+    else:
+        beta = None
+        for l2 in grid:
+            beta = ridge_cox(xs, arrays["time"], arrays["event"], l2, beta=beta)
+            fits.append((beta[:, None].copy(), np.zeros(1)))
+    return fits
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray, weights=None) -> float:
+    """The temperature ``T`` minimising the log loss of ``softmax(logits / T)`` (Guo et al. 2017).
+
+    Searched on ``log T`` in [-5, 5] by ``scipy.optimize.minimize_scalar`` (bounded).
+    """
+    from scipy.optimize import minimize_scalar
+    from sklearn.metrics import log_loss
+
+    labels = np.asarray(labels)
+    classes = np.arange(logits.shape[1])
+
+    def loss(log_t):
+        return log_loss(
+            labels, _softmax(logits / np.exp(log_t)), labels=classes, sample_weight=weights
+        )
+
+    best = minimize_scalar(loss, bounds=(-5.0, 5.0), method="bounded", options={"xatol": 1e-4})
+    return float(np.exp(best.x))
+
+
+def fit_linear_head(
+    x: np.ndarray,
+    arrays: Mapping[str, np.ndarray],
+    task: str,
+    *,
+    n_classes: int,
+    l2: float | Sequence[float],
+    folds: Sequence[Sequence[tuple[np.ndarray, np.ndarray]]] = (),
+) -> LinearFit:
+    """Fit the linear probe head: ridge logistic regression or a ridge Cox model.
+
+    The embeddings are standardised (mean 0, sd 1 per dimension, on the samples fitted), the
+    model is fitted with the penalty ``l2 / 2 * ||w||^2`` added to the mean loss per sample
+    (scikit-learn's ``LogisticRegression(C=1 / (l2 * n))``, sample weights = class weights; or
+    :func:`~bulkrnabert_sv._core.survival.ridge_cox`), and the standardisation is folded into
+    the returned weights.
+
+    With several ``l2`` values, the models of every fold of ``folds`` (one list of folds per
+    seed) predict their held-out samples, and the best ``l2`` is chosen:
+
+    * classification: the highest balanced accuracy of the pooled out-of-fold predictions
+      (mean over seeds; ties go to the lowest held-out log loss). The log loss itself is not
+      the criterion: on small cohorts it favours shrinkage that costs accuracy. The class
+      probabilities are then calibrated by one temperature fitted to the out-of-fold logits
+      (:func:`fit_temperature`), which leaves the predicted classes unchanged;
+    * survival: the highest cross-validated partial likelihood (Verweij & van Houwelingen
+      1993: the log partial likelihood of the fold's model on all samples minus that on its
+      training samples, per held-out event), mean over folds and seeds.
+
+    The final model is fitted on all samples with the chosen ``l2``.
+
+    Parameters
+    ----------
+    x
+        Embeddings (n, p).
+    arrays
+        Targets of the ``n`` samples: ``label`` (and ``weight``), or ``time`` and ``event``.
+    task
+        ``"classification"`` or ``"survival"``.
+    n_classes
+        Number of classes (outputs) for classification.
+    l2
+        One value, or a grid to choose from (needs ``folds``).
+    folds
+        Inner folds as ``(train, validation)`` index pairs into ``x``, one list per seed.
+    """
+    from threadpoolctl import threadpool_limits
+
+    # Small dense problems: one BLAS thread is faster, and it does not spin against other work.
+    with threadpool_limits(limits=1, user_api="blas"):
+        return _fit_linear_head(x, arrays, task, n_classes=n_classes, l2=l2, folds=folds)
+
+
+def _fit_linear_head(x, arrays, task, *, n_classes, l2, folds) -> LinearFit:
+    x = np.asarray(x, dtype=np.float64)
+    grid = sorted({float(v) for v in np.atleast_1d(l2)}, reverse=True)
+    selection: dict = {}
+    out_of_fold = None
+    temperature = 1.0
+    if len(grid) > 1:
+        if not folds:
+            raise ValueError("Choosing l2 from several values needs inner folds.")
+        scores, oof = _grid_scores(x, arrays, task, grid, folds, n_classes)
+        selection = {
+            "l2_grid": grid,
+            "inner_folds": len(folds[0]),
+            "n_seeds": len(folds),
+        }
+        if task == "classification":
+            from sklearn.metrics import balanced_accuracy_score
+
+            labels = arrays["label"]
+            balanced = np.array(
+                [
+                    np.mean([balanced_accuracy_score(labels, o[g].argmax(axis=1)) for o in oof])
+                    for g in range(len(grid))
+                ]
+            )
+            log_loss = scores.mean(axis=0)
+            candidates = np.flatnonzero(balanced >= balanced.max() - 1e-12)
+            best = int(candidates[np.argmin(log_loss[candidates])])
+            weight = arrays.get("weight")
+            temperature = fit_temperature(oof[0][best], labels, weight)
+            selection.update(
+                score="balanced_accuracy",
+                cv_balanced_accuracy=[float(v) for v in balanced],
+                cv_log_loss=[float(v) for v in log_loss],
+                temperature=temperature,
+            )
+        else:
+            mean = scores.mean(axis=0)
+            best = int(np.argmax(mean))
+            selection.update(
+                score="cv_partial_likelihood",
+                cv_partial_likelihood=[float(v) for v in mean],
+            )
+        chosen = grid[best]
+        out_of_fold = oof[0][best] / temperature
+    else:
+        chosen = grid[0]
+    mean, scale = _standardise(x)
+    (kernel, bias) = _fit_path(task, (x - mean) / scale, arrays, [chosen], n_classes)[0]
+    kernel, bias = _fold_scaling(kernel / temperature, bias / temperature, mean, scale)
+    return LinearFit(kernel, bias, chosen, selection, out_of_fold)
+
+
+def _fold_scaling(kernel, bias, mean, scale):
+    raw = kernel / scale[:, None]
+    return raw, bias - mean @ raw
+
+
+def _grid_scores(x, arrays, task, grid, folds, n_classes):
+    """Held-out scores per (seed, fold) and grid value, and out-of-fold outputs per seed.
+
+    Scores: weighted mean log loss (classification), or the cross-validated partial
+    likelihood per held-out event (survival). Outputs: (n_seeds, n_grid, n, n_outputs).
+    """
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.metrics import log_loss
+
+    from .survival import partial_log_likelihood
+
+    n = x.shape[0]
+    n_outputs = n_classes if task == "classification" else 1
+    rows = []
+    oof = np.zeros((len(folds), len(grid), n, n_outputs))
+    for seed_index, seed_folds in enumerate(folds):
+        for train, validation in seed_folds:
+            mean, scale = _standardise(x[train])
+            xs = (x - mean) / scale
+            part = {k: v[train] for k, v in arrays.items()}
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                fits = _fit_path(task, xs[train], part, grid, n_classes, tol=1e-4)
+            row = []
+            for g, (kernel, bias) in enumerate(fits):
+                outputs = xs @ kernel + bias
+                oof[seed_index, g, validation] = outputs[validation]
+                if task == "classification":
+                    weight = arrays.get("weight")
+                    row.append(
+                        log_loss(
+                            arrays["label"][validation],
+                            _softmax(outputs[validation]),
+                            labels=np.arange(n_classes),
+                            sample_weight=None if weight is None else weight[validation],
+                        )
+                    )
+                else:
+                    time, event = arrays["time"], arrays["event"]
+                    whole = partial_log_likelihood(outputs[:, 0], time, event)
+                    inner = partial_log_likelihood(outputs[train, 0], time[train], event[train])
+                    row.append((whole - inner) / max(float(event[validation].sum()), 1.0))
+            rows.append(row)
+    return np.asarray(rows), oof

@@ -3,18 +3,30 @@
 Three ways to adapt the encoder (the paper's two downstream tasks use the first two):
 
 ``"probe"``
-    Frozen encoder; an MLP head is trained on the mean embeddings (computed once, or reused from
+    Frozen encoder; a head is fitted on the mean embeddings (computed once, or reused from
     ``obsm["X_bulkrnabert"]`` when ``tl.embed`` made them with the same model and layer, and
     its fingerprints show that neither the expression values nor the model changed since).
+    The default head is linear (ridge logistic regression or a ridge Cox model) with its L2
+    strength chosen by inner cross-validation: on cohorts of tens to hundreds of patients it
+    does not lose to a linear model on the same embeddings, which an MLP trained on one small
+    validation split did (docs/benchmarks.md). The paper's MLP heads are options
+    (``head="mlp"``), their epoch count chosen by inner cross-validation too.
 ``"ia3"``
     IA3 (Liu et al. 2022): learned vectors rescale keys, values and the FFN activation of every
-    block; the backbone stays frozen. Trained with the head.
+    block; the backbone stays frozen. Trained with an MLP head, early-stopped on a validation
+    split.
 ``"full"``
-    Every encoder weight is trained with the head.
+    Every encoder weight is trained with an MLP head, early-stopped on a validation split.
+
+Fields are named from ``key_added`` (default ``f"{obs_key}_bulkrnabert"``, and
+``f"{obs_key}_bulkrnabert_risk"`` for survival), so runs on other labels or with other keys
+coexist. ``copy=True`` returns the annotated copy only (as scanpy); without it ``tl.finetune``
+returns the :class:`FinetunedModel`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import numbers
 import os
 import warnings
@@ -32,6 +44,7 @@ from .._core.finetuned import (
     LOSSES,
     EncoderWithHead,
     FinetunedModel,
+    HeadEnsemble,
     compiled,
     embed_tokens,
     head_key,
@@ -41,7 +54,7 @@ from .._core.finetuned import (
     structure_key,
 )
 from .._core.metrics import classification_metrics
-from .._core.survival import concordance_index
+from .._core.survival import breslow_baseline, concordance_index
 from .._core.targets import (
     TASKS,
     Targets,
@@ -51,20 +64,36 @@ from .._core.targets import (
     obs_column,
     survival_targets,
 )
-from .._core.training import Trainer, stratified_split
+from .._core.training import (
+    L2_GRID,
+    Trainer,
+    fit_linear_head,
+    stratified_folds,
+    stratified_split,
+)
 from ._embed import SCANPY_OBS_KEYS, HashingBatches, check_data, stale_reason, warn_overwrite
 
 __all__ = ["FinetunedModel", "finetune", "load_finetuned", "predict"]
 
 METHODS = ("probe", "ia3", "full")
-#: Defaults per method: epochs, learning rate, training batch size.
+HEADS = ("linear", "mlp")
+#: MLP training defaults per method: epochs, learning rate, training batch size.
 DEFAULTS = {
     "probe": {"epochs": 100, "learning_rate": 1e-3, "batch_size": 64},
     "ia3": {"epochs": 10, "learning_rate": 3e-3, "batch_size": 8},
     "full": {"epochs": 10, "learning_rate": 1e-4, "batch_size": 8},
 }
-UNS_KEY = "bulkrnabert_finetune"
-RISK_KEY = "bulkrnabert_risk"
+#: The released classification head's hidden layers (the pan-cancer survival head: (512, 256)
+#: with LayerNorm).
+DEFAULT_HIDDEN_SIZES = (256, 128)
+DEFAULT_WEIGHT_DECAY = 1e-4
+DEFAULT_VALIDATION_FRACTION = 0.2
+#: Inner cross-validation folds of the probe (L2 strength or epoch count).
+DEFAULT_INNER_FOLDS = 5
+#: Suffixes of the fields written for a key (see prediction_fields).
+PROBA_SUFFIX = "_proba"
+SURVIVAL_SUFFIX = "_survival"
+UNS_SUFFIX = "_finetune"
 
 
 def finetune(
@@ -75,16 +104,21 @@ def finetune(
     event_key: str | None = None,
     method: Literal["probe", "ia3", "full"] = "probe",
     model=None,
-    hidden_sizes: Sequence[int] = (256, 128),
+    head: Literal["linear", "mlp"] | None = None,
+    hidden_sizes: Sequence[int] | None = None,
     layer_norm: bool = False,
+    l2: float | Sequence[float] | None = None,
+    inner_folds: int | None = None,
+    n_seeds: int = 1,
     embedding_layer: int = -1,
     epochs: int | None = None,
     learning_rate: float | None = None,
-    weight_decay: float = 1e-4,
+    weight_decay: float | None = None,
     batch_size: int | None = None,
-    validation_fraction: float = 0.2,
+    validation_fraction: float | None = None,
     early_stopping: int | None = 10,
     class_weight: str | Mapping | None = None,
+    survival_times: Sequence[float] | None = None,
     random_state: int = 0,
     layer: str | None = None,
     gene_key: str | None = None,
@@ -114,46 +148,82 @@ def finetune(
         Survival only: the ``obs`` column of event indicators (1/True = event observed,
         0/False = censored).
     method
-        ``"probe"`` (frozen encoder, MLP on mean embeddings), ``"ia3"`` (IA3 vectors on keys,
-        values and FFN activations + head; backbone frozen) or ``"full"`` (all weights + head).
+        ``"probe"`` (frozen encoder, a head on mean embeddings), ``"ia3"`` (IA3 vectors on
+        keys, values and FFN activations + MLP head; backbone frozen) or ``"full"`` (all
+        weights + MLP head).
     model
         A :class:`~bulkrnabert_sv.model.BulkRNABert` or anything
         :func:`~bulkrnabert_sv.load_model` accepts (hub id, folder). Default:
         ``$BULKRNABERT_MODEL`` if set, else ``"InstaDeepAI/BulkRNABert"``. It is never modified.
+    head
+        ``"linear"`` (probe only): ridge logistic regression (multinomial) or a ridge Cox model
+        on the standardised embeddings, fitted to convergence (scikit-learn's lbfgs; Newton's
+        method for Cox), its L2 strength chosen from ``l2`` by inner cross-validation.
+        ``"mlp"``: ``Linear + SELU`` per hidden size, optional LayerNorm, final ``Linear``,
+        trained with AdamW. Default: ``"linear"`` for the probe unless ``hidden_sizes`` or
+        ``layer_norm`` describe an MLP; ``"mlp"`` for ``ia3``/``full``.
     hidden_sizes, layer_norm
-        The head: ``Linear + SELU`` per hidden size, optional LayerNorm, final ``Linear`` (as
-        the released heads: ``(256, 128)`` for classification; ``(512, 256)`` with LayerNorm
-        for the pan-cancer survival head).
+        The MLP head: ``(256, 128)`` without LayerNorm by default, as the released
+        classification head; the pan-cancer survival head is ``(512, 256)`` with
+        ``layer_norm=True``. ``()`` is a single linear layer trained by gradient descent.
+    l2
+        Linear head: the L2 penalty per sample on standardised embeddings (``mean loss +
+        l2 / 2 * ||w||^2``), one value or a grid to choose from. Default: 12 values from 1e-4
+        to about 30, log-spaced. The choice minimises the inner folds' held-out log loss
+        (classification) or maximises their cross-validated partial likelihood (survival,
+        Verweij & van Houwelingen).
+    inner_folds
+        Probe: folds of the inner cross-validation (stratified by class, or by event) that
+        choose ``l2`` (linear head) or the number of epochs (MLP head: every fold trains for
+        ``epochs``; the epoch with the lowest mean validation loss is kept and the final head
+        is trained on all labelled samples for that many epochs). Default 5, lowered to the
+        size of the smallest class (or to the number of events or of censored samples).
+        0 disables it: the linear head then needs a single ``l2``, the MLP head falls back to
+        one validation split (``validation_fraction``). Not available for ``ia3``/``full``.
+    n_seeds
+        Average over seeds: the linear head repeats the inner cross-validation with this many
+        fold assignments (the choice uses the mean over all); the MLP head trains this many
+        heads (different initialisations, shuffles and inner folds) and averages them (class
+        probabilities, or risk scores). Probe only.
     embedding_layer
         The block (1-indexed; -1 = last) whose mean embedding feeds the head.
     epochs, learning_rate, batch_size
-        Training length, AdamW learning rate and samples per step. Defaults: probe 100 /
-        1e-3 / 64, ia3 10 / 3e-3 / 8, full 10 / 1e-4 / 8.
+        MLP training length, AdamW learning rate and samples per step. Defaults: probe 100 /
+        1e-3 / 64, ia3 10 / 3e-3 / 8, full 10 / 1e-4 / 8. Refused for the linear head.
     weight_decay
-        AdamW decoupled weight decay, applied to weight matrices only (not to biases,
-        LayerNorm parameters or IA3 vectors). Gradients are clipped to global norm 1.
+        MLP: AdamW decoupled weight decay (default 1e-4), applied to weight matrices only (not
+        to biases, LayerNorm parameters or IA3 vectors). Gradients are clipped to global
+        norm 1.
     validation_fraction
-        Share of the labelled samples held out for validation (stratified by class, or by
-        event indicator for survival); 0 disables validation and early stopping.
+        MLP trained on one split (``ia3``/``full``, or a probe with ``inner_folds=0``): the
+        share of the labelled samples held out for validation (stratified by class, or by
+        event indicator); default 0.2, 0 disables validation and early stopping.
     early_stopping
-        Stop after this many epochs without a lower validation loss and keep the best epoch's
-        weights; None trains for all ``epochs`` (still keeping the best epoch's weights).
+        With a validation split: stop after this many epochs without a lower validation loss
+        and keep the best epoch's weights; None trains for all ``epochs`` (still keeping the
+        best epoch's weights). Unused otherwise.
     class_weight
         Classification only: None (equal), ``"balanced"`` (``n / (n_classes * n_class)`` on
-        the training split) or a dict ``{class: weight}`` (missing classes weigh 1).
+        the training samples) or a dict ``{class: weight}`` (missing classes weigh 1).
+    survival_times
+        Survival only: times (unit of ``obs_key``) at which to write each sample's survival
+        probability (from Breslow's baseline hazard of the training samples) into
+        ``obsm[f"{key}_survival"]``. Default: none written (see
+        :meth:`FinetunedModel.survival_function`).
     random_state
-        Seed of the head's initialisation, the split and the shuffling: the same seed gives
-        the same model and predictions.
+        Seed of the head's initialisation, the folds, the split and the shuffling: the same
+        seed gives the same model and predictions.
     layer, gene_key, mod
         Where the TPM values (``layers[layer]``), gene ids (``var[gene_key]``) and modality are.
     key_added
-        Name of the prediction field (defaults below); the ``uns`` entry is then
-        ``f"{key_added}_finetune"``. Refused: the label columns (``obs_key``, ``event_key``)
-        and the ``obs`` columns scanpy writes (``leiden``, ``louvain``, ``dpt_pseudotime``,
-        ``dpt_groups``, ``dpt_order``, ``dpt_order_indices``, ``n_genes``, ``n_counts``,
+        Name of the prediction field; the other fields derive from it (see Returns). Default
+        ``f"{obs_key}_bulkrnabert"`` (classification) or ``f"{obs_key}_bulkrnabert_risk"``
+        (survival). Refused: the label columns (``obs_key``, ``event_key``) and the ``obs``
+        columns scanpy writes (``leiden``, ``louvain``, ``dpt_pseudotime``, ``dpt_groups``,
+        ``dpt_order``, ``dpt_order_indices``, ``n_genes``, ``n_counts``,
         ``n_genes_by_counts``, ``total_counts``, ``log1p_n_genes_by_counts``,
         ``log1p_total_counts``, ``doublet_score``, ``predicted_doublet``). Replacing the fields
-        of an earlier run warns.
+        of an earlier run with the same key warns; runs with other keys are left intact.
     remat
         Rematerialise each block in the backward pass (``ia3``/``full``): much less memory for
         about a third more compute.
@@ -162,27 +232,37 @@ def finetune(
     progress
         Show progress bars.
     copy
-        Work on a copy of ``data`` and return it with the model.
+        Write into a copy of ``data`` and return that copy (the model is then not returned:
+        call ``tuned = tl.finetune(adata_copy, ...)`` on a copy you made to have both).
 
     Returns
     -------
-    The :class:`FinetunedModel` (``predict``, ``save``), or ``(data_copy, model)`` with
-    ``copy=True``. Written into ``data`` (its modality ``mod`` for a MuData):
+    The :class:`FinetunedModel` (``predict``, ``predict_survival``, ``save``); with
+    ``copy=True`` the annotated copy instead. Written into ``data`` (its modality ``mod`` for a
+    MuData), with ``key`` = ``key_added`` or its default:
 
-    ``obs[f"{obs_key}_bulkrnabert"]``
-        Classification: the predicted class (categorical, categories = classes).
-    ``obsm[f"{obs_key}_bulkrnabert_proba"]``
+    ``obs[key]``
+        Classification: the predicted class (categorical, categories = classes). Survival: the
+        Cox risk score (log relative hazard; higher = shorter survival).
+    ``obsm[f"{key}_proba"]``
         Classification: class probabilities, float32 (n_obs, n_classes), columns in
-        ``uns["bulkrnabert_finetune"]["classes"]`` order.
-    ``obs["bulkrnabert_risk"]``
-        Survival: the Cox risk score (log relative hazard; higher = shorter survival).
-    ``uns["bulkrnabert_finetune"]``
+        ``uns[f"{key}_finetune"]["classes"]`` order.
+    ``obsm[f"{key}_survival"]``
+        Survival with ``survival_times``: survival probabilities, float32 (n_obs, n_times);
+        the times are ``uns[f"{key}_finetune"]["survival_times"]``.
+    ``uns[f"{key}_finetune"]``
         ``params`` (every setting above with the resolved defaults, the model's source and
-        revision, ``n_train``, ``n_validation``, ``n_unlabelled``, ``best_epoch``,
-        ``epochs_run``, ``reused_embeddings``, the gene ``coverage`` when tokens were made),
-        ``metrics`` (``train`` and ``validation``: ``n`` and accuracy, balanced_accuracy,
-        f1_macro, f1_weighted, or c_index), ``history`` (per epoch: ``loss``, and with
-        validation ``val_loss`` and ``val_<metric>``) and ``classes`` (classification).
+        revision, ``head``, ``l2`` or ``hidden_sizes``, ``inner_folds``, ``n_train``,
+        ``n_validation``, ``n_unlabelled``, ``best_epoch`` and ``epochs_run`` (MLP),
+        ``reused_embeddings``, the gene ``coverage``), ``metrics`` (``train``, and
+        ``validation`` for a split or ``inner_cv`` for inner folds (mean over the folds, at the
+        chosen setting; slightly optimistic, since the setting was chosen on them: use
+        :func:`~bulkrnabert_sv.tl.cross_validate` for an unbiased estimate): ``n`` and
+        accuracy, balanced_accuracy, f1_macro, f1_weighted, or c_index), ``history`` (MLP, per
+        epoch: ``loss``, and with validation ``val_loss`` and ``val_<metric>``; with inner
+        folds their means), ``selection`` (inner cross-validation: the L2 grid and its
+        scores, or the epochs), ``fields`` (the keys written) and ``classes``
+        (classification).
 
     Raises
     ------
@@ -194,19 +274,27 @@ def finetune(
     ValueError
         A single class; a class (or, for survival, events or censored samples) too small to
         split; durations <= 0; events not in {0, 1}; no event; a bad argument (e.g. a
-        ``key_added`` that is a label column or one of scanpy's ``obs`` columns).
+        ``key_added`` that is a label column or one of scanpy's ``obs`` columns, MLP settings
+        for the linear head).
 
     Warns
     -----
     UserWarning
-        Prediction fields of an earlier run are replaced; ``obsm["X_bulkrnabert"]`` is not
-        reused because X or the model changed since :func:`~bulkrnabert_sv.tl.embed`.
+        Prediction fields of an earlier run with the same key are replaced;
+        ``obsm["X_bulkrnabert"]`` is not reused because X or the model changed since
+        :func:`~bulkrnabert_sv.tl.embed`.
     """
     check_data(data, "tl.finetune")
-    method, task, settings = _check_arguments(
+    settings = resolve_settings(
         method=method,
         task=task,
         event_key=event_key,
+        head=head,
+        hidden_sizes=hidden_sizes,
+        layer_norm=layer_norm,
+        l2=l2,
+        inner_folds=inner_folds,
+        n_seeds=n_seeds,
         class_weight=class_weight,
         epochs=epochs,
         learning_rate=learning_rate,
@@ -214,58 +302,21 @@ def finetune(
         weight_decay=weight_decay,
         validation_fraction=validation_fraction,
         early_stopping=early_stopping,
-        hidden_sizes=hidden_sizes,
+        survival_times=survival_times,
         inference_batch_size=inference_batch_size,
         key_added=key_added,
         obs_key=obs_key,
     )
     adata = get_modality(data, mod)
-    column = obs_column(data, adata, obs_key, "the labels to learn")
-    task = task or infer_task(column, obs_key, event_key)
-    if task == "survival":
-        if event_key is None:
-            raise ValueError(
-                "task='survival' needs event_key=<obs column of event indicators> "
-                f"(1 = event, 0 = censored); obs[{obs_key!r}] holds the durations."
-            )
-        events = obs_column(data, adata, event_key, "the event indicators")
-        targets = survival_targets(column, events, obs_key, event_key)
-    else:
-        targets = classification_targets(column, obs_key)
-    check_splittable(targets, validation_fraction, obs_key)
-    rng = np.random.default_rng(random_state)
-    train, validation = stratified_split(targets.strata, validation_fraction, rng)
-    class_weights = None
-    if task == "classification":
-        class_weights = targets.set_class_weight(class_weight, train)
+    targets = labelled_targets(data, adata, obs_key, event_key, settings["task"])
+    task = targets.task
+    if task != "survival" and settings["survival_times"] is not None:
+        raise ValueError("survival_times is for survival models; drop it for classification.")
+    check_inputs(targets, settings, obs_key)
 
     encoder = nnx.clone(_load_encoder(model))
     depth = encoder._resolve_layer(embedding_layer)
     n_outputs = len(targets.classes) if task == "classification" else 1
-    from ..model import MLPHead
-
-    head = MLPHead(
-        encoder.config.embed_dim,
-        settings["hidden_sizes"],
-        n_outputs,
-        layer_norm=layer_norm,
-        rngs=nnx.Rngs(random_state),
-    )
-    full_targets = _expand(targets, adata.n_obs)
-    train_rows, validation_rows = targets.rows[train], targets.rows[validation]
-    trainer_kw = dict(
-        targets=full_targets,
-        train_index=train_rows,
-        validation_index=validation_rows,
-        epochs=settings["epochs"],
-        batch_size=settings["batch_size"],
-        patience=early_stopping,
-        rng=rng,
-        learning_rate=settings["learning_rate"],
-        weight_decay=float(weight_decay),
-        evaluate=_evaluator(targets, full_targets),
-        progress=progress,
-    )
     info: dict = {"reused_embeddings": False}
 
     if method == "probe":
@@ -281,14 +332,32 @@ def finetune(
             info=info,
             function="tl.finetune",
         )
-        graphdef, params, frozen = nnx.split(head, nnx.Param, ...)
-        trainer = _trainer(("probe", task, head_key(head)), graphdef, task)
-        result = trainer.fit(params, frozen, inputs=embeddings, **trainer_kw)
-        final_encoder = encoder
-        final_head = nnx.merge(graphdef, result.params, frozen)
+        fit = fit_probe(
+            embeddings[targets.rows],
+            targets,
+            settings,
+            class_weight=class_weight,
+            random_state=random_state,
+            progress=progress,
+        )
+        final_encoder, final_head = encoder, fit.head
+        train, validation = fit.train, fit.validation
     else:
         from .._core.tokens import token_batches
+        from ..model import MLPHead
 
+        rng = np.random.default_rng(random_state)
+        train, validation = stratified_split(targets.strata, settings["validation_fraction"], rng)
+        if task == "classification":
+            targets.set_class_weight(class_weight, train)
+        head_module = MLPHead(
+            encoder.config.embed_dim,
+            settings["hidden_sizes"],
+            n_outputs,
+            layer_norm=settings["layer_norm"],
+            rngs=nnx.Rngs(random_state),
+        )
+        full_targets = _expand(targets, adata.n_obs)
         original_config = encoder.config
         if method == "ia3":
             encoder.enable_ia3()
@@ -301,9 +370,9 @@ def finetune(
         tokens = np.zeros((batches.n_obs, encoder.config.n_genes), dtype=np.int32)
         for start, stop, block in batches:
             tokens[start:stop] = block
-        bundle = EncoderWithHead(encoder, head, depth)
+        bundle = EncoderWithHead(encoder, head_module, depth)
         graphdef, params, frozen = nnx.split(bundle, _trainable(method, depth), ...)
-        key = (method, task, *structure_key(encoder), depth, head_key(head))
+        key = (method, task, *structure_key(encoder), depth, head_key(head_module))
         trainer = _trainer(key, graphdef, task)
 
         def trained_modules(params):
@@ -327,7 +396,21 @@ def finetune(
             )
 
         result = trainer.fit(
-            params, frozen, inputs=tokens, predict=validation_outputs, **trainer_kw
+            params,
+            frozen,
+            inputs=tokens,
+            targets=full_targets,
+            train_index=targets.rows[train],
+            validation_index=targets.rows[validation],
+            epochs=settings["epochs"],
+            batch_size=settings["batch_size"],
+            patience=early_stopping,
+            rng=rng,
+            learning_rate=settings["learning_rate"],
+            weight_decay=settings["weight_decay"],
+            evaluate=_evaluator(task, full_targets),
+            predict=validation_outputs,
+            progress=progress,
         )
         final_encoder, final_head = trained_modules(result.params)
         embeddings = embed_tokens(
@@ -337,9 +420,27 @@ def finetune(
             batch_size=inference_batch_size,
             progress=progress,
         )
+        fit = ProbeFit(
+            head=final_head,
+            train=train,
+            validation=validation,
+            history=result.history,
+            best_epoch=result.best_epoch,
+            epochs_run=result.epochs_run,
+        )
 
+    outputs = head_outputs(final_head, embeddings)
+    labelled_outputs = outputs[targets.rows]
+    baseline = None
+    if task == "survival":
+        times, hazard = breslow_baseline(
+            labelled_outputs[train, 0],
+            targets.arrays["time"][train],
+            targets.arrays["event"][train],
+        )
+        baseline = {"time": times, "cumulative_hazard": hazard}
     params_record = {
-        **settings,
+        **_settings_record(settings),
         "task": task,
         "method": method,
         "obs_key": obs_key,
@@ -347,11 +448,7 @@ def finetune(
         "model": encoder.source,
         "revision": encoder.revision,
         "embedding_layer": depth,
-        "layer_norm": bool(layer_norm),
-        "weight_decay": float(weight_decay),
-        "validation_fraction": float(validation_fraction),
-        "early_stopping": early_stopping,
-        "class_weight": class_weights,
+        "class_weight": targets.class_weights,
         "random_state": int(random_state),
         "layer": layer,
         "gene_key": gene_key,
@@ -359,10 +456,14 @@ def finetune(
         "n_train": int(train.size),
         "n_validation": int(validation.size),
         "n_unlabelled": int(targets.n_dropped),
-        "best_epoch": int(result.best_epoch),
-        "epochs_run": int(result.epochs_run),
+        **fit.params_record(),
         **info,
     }
+    metrics = {"train": _metrics(targets, labelled_outputs, train)}
+    if fit.inner_cv is not None:
+        metrics["inner_cv"] = fit.inner_cv
+    else:
+        metrics["validation"] = _metrics(targets, labelled_outputs, validation)
     finetuned = FinetunedModel(
         final_encoder,
         final_head,
@@ -373,16 +474,247 @@ def finetune(
         event_key=event_key,
         embedding_layer=depth,
         params=_drop_none(params_record),
-        history=result.history,
+        metrics=metrics,
+        history=fit.history,
+        selection=fit.selection,
+        baseline_hazard=baseline,
     )
-    outputs = finetuned.outputs(embeddings)
-    finetuned.metrics = {
-        "train": _metrics(targets, full_targets, outputs, train_rows),
-        "validation": _metrics(targets, full_targets, outputs, validation_rows),
-    }
     target_data = data.copy() if copy else data
-    _write(get_modality(target_data, mod), finetuned, outputs, key_added, "tl.finetune")
-    return (target_data, finetuned) if copy else finetuned
+    _write(
+        get_modality(target_data, mod),
+        finetuned,
+        outputs,
+        key_added,
+        "tl.finetune",
+        settings["survival_times"],
+    )
+    return target_data if copy else finetuned
+
+
+# ------------------------------------------------------------------------------ the probe
+@dataclasses.dataclass
+class ProbeFit:
+    """A fitted head and how it was chosen (positions index the labelled samples)."""
+
+    head: object
+    train: np.ndarray
+    validation: np.ndarray
+    history: dict = dataclasses.field(default_factory=dict)
+    selection: dict = dataclasses.field(default_factory=dict)
+    inner_cv: dict | None = None
+    best_epoch: int | None = None
+    epochs_run: int | None = None
+    l2: float | None = None
+    inner_folds: int = 0
+
+    def params_record(self) -> dict:
+        record = {"inner_folds": int(self.inner_folds)}
+        if self.l2 is not None:
+            record["l2"] = float(self.l2)
+        if self.best_epoch is not None:
+            record["best_epoch"] = int(self.best_epoch)
+            record["epochs_run"] = int(self.epochs_run)
+        return record
+
+
+def fit_probe(
+    x: np.ndarray,
+    targets: Targets,
+    settings: Mapping,
+    *,
+    class_weight=None,
+    random_state: int = 0,
+    progress: bool = False,
+) -> ProbeFit:
+    """Fit the probe's head on the embeddings ``x`` of the labelled samples of ``targets``.
+
+    The routine behind ``tl.finetune(method="probe")`` and ``tl.cross_validate``: the linear
+    head (L2 chosen by inner folds) or the MLP head (epochs chosen by inner folds, or early
+    stopping on one split), averaged over ``settings["n_seeds"]`` seeds. Sets the class
+    weights of ``targets``.
+    """
+    x = np.asarray(x, dtype=np.float32)
+    task = targets.task
+    n_classes = len(targets.classes) if task == "classification" else 1
+    n_seeds = settings["n_seeds"]
+    inner = settings["inner_folds"]
+    everything = np.arange(x.shape[0])
+
+    def folds_of(seed: int):
+        return stratified_folds(targets.strata, inner, (random_state, seed))
+
+    if settings["head"] == "linear":
+        from ..model import MLPHead
+
+        if task == "classification":
+            targets.set_class_weight(class_weight, everything)
+        grid = settings["l2"]
+        folds = [folds_of(s) for s in range(n_seeds)] if len(grid) > 1 else []
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*n_splits.*")
+            linear = fit_linear_head(
+                x, targets.arrays, task, n_classes=n_classes, l2=grid, folds=folds
+            )
+        head = MLPHead(x.shape[1], [], n_classes, rngs=nnx.Rngs(random_state))
+        head.output.kernel[...] = linear.kernel.astype(np.float32)
+        head.output.bias[...] = linear.bias.astype(np.float32)
+        inner_cv = None
+        if folds:
+            inner_cv = _fold_mean_metrics(targets, linear.out_of_fold, folds[0])
+        return ProbeFit(
+            head=head,
+            train=everything,
+            validation=np.zeros(0, dtype=np.int64),
+            selection=linear.selection,
+            inner_cv=inner_cv,
+            l2=linear.l2,
+            inner_folds=len(folds[0]) if folds else 0,
+        )
+
+    from ..model import MLPHead
+
+    def new_head(seed: int):
+        return MLPHead(
+            x.shape[1],
+            settings["hidden_sizes"],
+            n_classes,
+            layer_norm=settings["layer_norm"],
+            rngs=nnx.Rngs(random_state + seed),
+        )
+
+    template = new_head(0)
+    graphdef = nnx.split(template, nnx.Param, ...)[0]
+    trainer = _trainer(("probe", task, head_key(template)), graphdef, task)
+    evaluate = _evaluator(task, targets.arrays)
+    common = dict(
+        inputs=x,
+        targets=targets.arrays,
+        batch_size=settings["batch_size"],
+        learning_rate=settings["learning_rate"],
+        weight_decay=settings["weight_decay"],
+        evaluate=evaluate,
+    )
+
+    def train_head(seed, train, validation, epochs, patience, rng, show):
+        module = new_head(seed)
+        _, params, frozen_part = nnx.split(module, nnx.Param, ...)
+        result = trainer.fit(
+            params,
+            frozen_part,
+            train_index=train,
+            validation_index=validation,
+            epochs=epochs,
+            patience=patience,
+            rng=rng,
+            progress=show,
+            **common,
+        )
+        return nnx.merge(graphdef, result.params, frozen_part), result
+
+    if inner:
+        if task == "classification":
+            targets.set_class_weight(class_weight, everything)
+        curves, folds_used = [], 0
+        from .._logging import progress_bar
+
+        plan = [(s, f, fold) for s in range(n_seeds) for f, fold in enumerate(folds_of(s))]
+        for seed, index, (train, validation) in progress_bar(
+            plan, progress=progress, desc="inner folds", unit="fold"
+        ):
+            _, result = train_head(
+                seed,
+                train,
+                validation,
+                settings["epochs"],
+                None,
+                np.random.default_rng((random_state, seed, index)),
+                False,
+            )
+            curves.append(result.history)
+            folds_used = max(folds_used, index + 1)
+        history = {
+            name: [float(v) for v in np.mean([c[name] for c in curves], axis=0)]
+            for name in curves[0]
+        }
+        best_epoch = int(np.argmin(history["val_loss"])) + 1
+        heads = [
+            train_head(
+                seed,
+                everything,
+                np.zeros(0, dtype=np.int64),
+                best_epoch,
+                None,
+                np.random.default_rng((random_state, seed)),
+                False,
+            )[0]
+            for seed in range(n_seeds)
+        ]
+        inner_cv = {"n": int(x.shape[0])}
+        for name, values in history.items():
+            if name.startswith("val_") and name != "val_loss":
+                inner_cv[name[4:]] = float(values[best_epoch - 1])
+        selection = {
+            "inner_folds": folds_used,
+            "n_seeds": n_seeds,
+            "epochs": settings["epochs"],
+            "best_epoch": best_epoch,
+            "cv_val_loss": history["val_loss"],
+        }
+        return ProbeFit(
+            head=_combine(heads, task),
+            train=everything,
+            validation=np.zeros(0, dtype=np.int64),
+            history=history,
+            selection=selection,
+            inner_cv=inner_cv,
+            best_epoch=best_epoch,
+            epochs_run=settings["epochs"],
+            inner_folds=folds_used,
+        )
+
+    rng = np.random.default_rng(random_state)
+    train, validation = stratified_split(targets.strata, settings["validation_fraction"], rng)
+    if task == "classification":
+        targets.set_class_weight(class_weight, train)
+    heads, results = [], []
+    for seed in range(n_seeds):
+        module, result = train_head(
+            seed,
+            train,
+            validation,
+            settings["epochs"],
+            settings["early_stopping"],
+            rng if seed == 0 else np.random.default_rng((random_state, seed)),
+            progress and n_seeds == 1,
+        )
+        heads.append(module)
+        results.append(result)
+    first = results[0]
+    return ProbeFit(
+        head=_combine(heads, task),
+        train=train,
+        validation=validation,
+        history=first.history,
+        best_epoch=first.best_epoch,
+        epochs_run=first.epochs_run,
+    )
+
+
+def _combine(heads: list, task: str):
+    if len(heads) == 1:
+        return heads[0]
+    return HeadEnsemble(heads, "probabilities" if task == "classification" else "mean")
+
+
+def _fold_mean_metrics(targets: Targets, outputs: np.ndarray, folds) -> dict:
+    """Metrics of out-of-fold outputs, averaged over the folds (NaN-free folds)."""
+    per_fold = [_scores(targets.task, targets.arrays, outputs[v], v) for _, v in folds]
+    names = per_fold[0].keys()
+    record = {"n": int(sum(v.size for _, v in folds))}
+    for name in names:
+        values = np.array([m[name] for m in per_fold], dtype=np.float64)
+        record[name] = float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
+    return record
 
 
 def predict(
@@ -394,6 +726,7 @@ def predict(
     mod: str = "rna",
     batch_size: int = 8,
     key_added: str | None = None,
+    survival_times: Sequence[float] | None = None,
     progress: bool = True,
     copy: bool = False,
 ):
@@ -409,6 +742,9 @@ def predict(
         Samples per encoder forward pass.
     key_added
         Name of the prediction field (default and refused names as in :func:`finetune`).
+    survival_times
+        Survival models: also write survival probabilities at these times (as
+        :func:`finetune`).
     progress
         Show a progress bar.
     copy
@@ -416,10 +752,12 @@ def predict(
 
     Returns
     -------
-    None, or the annotated copy with ``copy=True``. Written: ``obs[f"{obs_key}_bulkrnabert"]``
-    and ``obsm[f"{obs_key}_bulkrnabert_proba"]`` (classification) or ``obs["bulkrnabert_risk"]``
-    (survival), and ``uns["bulkrnabert_finetune"]`` (the model's training ``params``,
-    ``metrics``, ``history`` and ``classes``). A probe reuses ``obsm["X_bulkrnabert"]`` when
+    None, or the annotated copy with ``copy=True``. Written, with ``key`` = ``key_added`` or
+    its default (``f"{obs_key}_bulkrnabert"``, survival ``f"{obs_key}_bulkrnabert_risk"``):
+    ``obs[key]`` (predicted class, or risk score), ``obsm[f"{key}_proba"]``
+    (classification), ``obsm[f"{key}_survival"]`` (with ``survival_times``) and
+    ``uns[f"{key}_finetune"]`` (the model's training ``params``, ``metrics``, ``history``,
+    ``selection``, ``fields`` and ``classes``). A probe reuses ``obsm["X_bulkrnabert"]`` when
     ``tl.embed`` computed it with the model's encoder and layer, and its fingerprints show that
     neither the expression values nor the encoder changed since.
 
@@ -430,19 +768,26 @@ def predict(
         ``model`` is an encoder (:class:`~bulkrnabert_sv.model.BulkRNABert`) rather than a
         fine-tuned model.
     ValueError
-        ``key_added`` names the model's label columns or one of scanpy's ``obs`` columns.
+        ``key_added`` names the model's label columns or one of scanpy's ``obs`` columns;
+        ``survival_times`` for a classifier.
 
     Warns
     -----
     UserWarning
-        Prediction fields of an earlier run are replaced; ``obsm["X_bulkrnabert"]`` is not
-        reused because X or the model changed since :func:`~bulkrnabert_sv.tl.embed`.
+        Prediction fields of an earlier run with the same key are replaced;
+        ``obsm["X_bulkrnabert"]`` is not reused because X or the model changed since
+        :func:`~bulkrnabert_sv.tl.embed`.
     """
     check_data(data, "tl.predict")
     model = _finetuned_model(model)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
     _check_key_added(key_added, model.obs_key, model.event_key)
+    times = _check_times(survival_times)
+    if times is not None:
+        if model.task != "survival":
+            raise ValueError("survival_times is for survival models; this is a classifier.")
+        model.survival_function(np.zeros(1), times)  # no baseline hazard: say so before work
     if model.method == "probe":
         embeddings = _stored_or_embed(
             model.encoder,
@@ -462,7 +807,7 @@ def predict(
         )
     outputs = model.outputs(embeddings)
     target_data = data.copy() if copy else data
-    _write(get_modality(target_data, mod), model, outputs, key_added, "tl.predict")
+    _write(get_modality(target_data, mod), model, outputs, key_added, "tl.predict", times)
     return target_data if copy else None
 
 
@@ -488,11 +833,32 @@ def _finetuned_model(model) -> FinetunedModel:
 
 
 # ---------------------------------------------------------------------------------- helpers
-def _check_arguments(
+def _positive_int(name: str, value, minimum: int = 1) -> int:
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
+    return int(value)
+
+
+def _check_times(times) -> np.ndarray | None:
+    if times is None:
+        return None
+    values = np.asarray(times, dtype=np.float64).reshape(-1)
+    if values.size == 0 or not np.isfinite(values).all() or (values < 0).any():
+        raise ValueError(f"survival_times must be finite times >= 0, got {times!r}.")
+    return values
+
+
+def resolve_settings(
     *,
     method,
     task,
     event_key,
+    head,
+    hidden_sizes,
+    layer_norm,
+    l2,
+    inner_folds,
+    n_seeds,
     class_weight,
     epochs,
     learning_rate,
@@ -500,11 +866,12 @@ def _check_arguments(
     weight_decay,
     validation_fraction,
     early_stopping,
-    hidden_sizes,
+    survival_times,
     inference_batch_size,
     key_added,
     obs_key,
-):
+) -> dict:
+    """Check the arguments of :func:`finetune` and resolve their defaults (values only)."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}.")
     if task is not None and task not in TASKS:
@@ -515,45 +882,147 @@ def _check_arguments(
         )
     if class_weight is not None and (task == "survival" or event_key is not None):
         raise ValueError("class_weight is for classification; a Cox model has no classes.")
-    defaults = DEFAULTS[method]
-    settings = {
-        "epochs": defaults["epochs"] if epochs is None else epochs,
-        "learning_rate": defaults["learning_rate"] if learning_rate is None else learning_rate,
-        "batch_size": defaults["batch_size"] if batch_size is None else batch_size,
-    }
-    for name in ("epochs", "batch_size"):
-        value = settings[name]
-        if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}.")
-        settings[name] = int(value)
-    if not isinstance(inference_batch_size, numbers.Integral) or inference_batch_size < 1:
-        raise ValueError(
-            f"inference_batch_size must be a positive integer, got {inference_batch_size!r}."
+    if head is not None and head not in HEADS:
+        raise ValueError(f"head must be one of {HEADS} or None, got {head!r}.")
+    mlp_shape = hidden_sizes is not None or bool(layer_norm)
+    if head is None:
+        head = "linear" if method == "probe" and not mlp_shape else "mlp"
+    settings: dict = {"head": head, "method": method, "task": task}
+    if head == "linear":
+        if method != "probe":
+            raise ValueError(
+                "head='linear' (fitted to convergence, L2 chosen by inner cross-validation) "
+                f"needs fixed embeddings: method='probe'. For method={method!r} use head='mlp' "
+                "(hidden_sizes=() gives a single linear layer trained with the encoder)."
+            )
+        if mlp_shape:
+            raise ValueError(
+                "hidden_sizes and layer_norm describe an MLP head; a linear head has neither. "
+                "Pass head='mlp' to train an MLP."
+            )
+        given = {
+            "epochs": epochs,
+            "learning_rate": learning_rate,
+            "batch_size": batch_size,
+            "weight_decay": weight_decay,
+            "validation_fraction": validation_fraction,
+        }
+        extra = [name for name, value in given.items() if value is not None]
+        if extra:
+            raise ValueError(
+                f"{', '.join(extra)} {'is' if len(extra) == 1 else 'are'} for training an MLP "
+                "head; the linear head is fitted to convergence with its L2 strength chosen by "
+                "inner cross-validation (set l2 and inner_folds instead), or pass head='mlp'."
+            )
+        grid = L2_GRID if l2 is None else tuple(np.atleast_1d(np.asarray(l2, dtype=np.float64)))
+        if not grid or not all(np.isfinite(v) and v > 0 for v in grid):
+            raise ValueError(f"l2 must be one value or several values > 0, got {l2!r}.")
+        folds = DEFAULT_INNER_FOLDS if inner_folds is None else inner_folds
+        folds = 0 if folds == 0 else _positive_int("inner_folds", folds, 2)
+        if folds == 0 and len(grid) > 1:
+            raise ValueError(
+                "inner_folds=0 leaves nothing to choose l2 with: pass a single l2=<value>, or "
+                "inner_folds >= 2."
+            )
+        settings.update(l2=[float(v) for v in grid], inner_folds=folds if len(grid) > 1 else 0)
+    else:
+        if l2 is not None:
+            raise ValueError(
+                "l2 is the linear head's penalty; the MLP head uses weight_decay (AdamW)."
+            )
+        defaults = DEFAULTS[method]
+        settings["epochs"] = _positive_int(
+            "epochs", defaults["epochs"] if epochs is None else epochs
         )
-    if not (np.isfinite(settings["learning_rate"]) and settings["learning_rate"] > 0):
-        raise ValueError(f"learning_rate must be > 0, got {settings['learning_rate']!r}.")
-    settings["learning_rate"] = float(settings["learning_rate"])
-    if not (np.isfinite(weight_decay) and weight_decay >= 0):
-        raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}.")
-    if not 0 <= validation_fraction < 1:
-        raise ValueError(
-            f"validation_fraction must be in [0, 1), got {validation_fraction!r} "
-            "(0 disables validation and early stopping)."
+        settings["batch_size"] = _positive_int(
+            "batch_size", defaults["batch_size"] if batch_size is None else batch_size
         )
-    if early_stopping is not None and (
-        not isinstance(early_stopping, numbers.Integral)
-        or isinstance(early_stopping, bool)
-        or early_stopping < 1
-    ):
-        raise ValueError(
-            f"early_stopping must be a patience in epochs (>= 1) or None, got {early_stopping!r}."
+        rate = defaults["learning_rate"] if learning_rate is None else learning_rate
+        if not (isinstance(rate, numbers.Real) and np.isfinite(rate) and rate > 0):
+            raise ValueError(f"learning_rate must be > 0, got {rate!r}.")
+        settings["learning_rate"] = float(rate)
+        decay = DEFAULT_WEIGHT_DECAY if weight_decay is None else weight_decay
+        if not (isinstance(decay, numbers.Real) and np.isfinite(decay) and decay >= 0):
+            raise ValueError(f"weight_decay must be >= 0, got {decay!r}.")
+        settings["weight_decay"] = float(decay)
+        sizes = list(DEFAULT_HIDDEN_SIZES if hidden_sizes is None else hidden_sizes)
+        if not all(isinstance(h, numbers.Integral) and h >= 1 for h in sizes):
+            raise ValueError(f"hidden_sizes must be positive integers, got {hidden_sizes!r}.")
+        settings["hidden_sizes"] = [int(h) for h in sizes]
+        settings["layer_norm"] = bool(layer_norm)
+        if method == "probe":
+            folds = DEFAULT_INNER_FOLDS if inner_folds is None else inner_folds
+            folds = 0 if folds == 0 else _positive_int("inner_folds", folds, 2)
+            if folds and validation_fraction is not None:
+                raise ValueError(
+                    "validation_fraction is for one validation split; the probe's MLP chooses "
+                    "its epochs by inner_folds. Pass inner_folds=0 to use a split instead."
+                )
+        else:
+            if inner_folds not in (None, 0):
+                raise ValueError(
+                    f"inner_folds is for method='probe'; method={method!r} trains the encoder "
+                    "and early-stops on one validation split (validation_fraction)."
+                )
+            folds = 0
+        settings["inner_folds"] = folds
+        fraction = (
+            DEFAULT_VALIDATION_FRACTION if validation_fraction is None else validation_fraction
         )
-    sizes = list(hidden_sizes)
-    if not all(isinstance(h, numbers.Integral) and h >= 1 for h in sizes):
-        raise ValueError(f"hidden_sizes must be positive integers, got {hidden_sizes!r}.")
-    settings["hidden_sizes"] = [int(h) for h in sizes]
+        if folds:
+            fraction = 0.0
+        if not (isinstance(fraction, numbers.Real) and 0 <= fraction < 1):
+            raise ValueError(
+                f"validation_fraction must be in [0, 1), got {validation_fraction!r} "
+                "(0 disables validation and early stopping)."
+            )
+        settings["validation_fraction"] = float(fraction)
+        if early_stopping is not None:
+            early_stopping = _positive_int("early_stopping (a patience in epochs)", early_stopping)
+        settings["early_stopping"] = early_stopping
+    settings["n_seeds"] = _positive_int("n_seeds", n_seeds)
+    if settings["n_seeds"] > 1 and method != "probe":
+        raise ValueError(
+            f"n_seeds is for method='probe'; averaging over seeds would train the encoder "
+            f"{settings['n_seeds']} times with method={method!r}."
+        )
+    settings["survival_times"] = _check_times(survival_times)
+    if settings["survival_times"] is not None and (task == "classification" or class_weight):
+        raise ValueError("survival_times is for survival models; drop it for classification.")
+    _positive_int("inference_batch_size", inference_batch_size)
     _check_key_added(key_added, obs_key, event_key)
-    return method, task, settings
+    return settings
+
+
+def _settings_record(settings: Mapping) -> dict:
+    """The resolved settings as recorded in ``params`` (JSON/h5ad friendly)."""
+    record = {k: v for k, v in settings.items() if k not in ("task", "method", "survival_times")}
+    if settings["head"] == "linear":
+        record["l2_grid"] = record.pop("l2")
+    return record
+
+
+def labelled_targets(data, adata, obs_key: str, event_key: str | None, task) -> Targets:
+    """The encoded targets of the labelled samples (classes, or durations and events)."""
+    column = obs_column(data, adata, obs_key, "the labels to learn")
+    task = task or infer_task(column, obs_key, event_key)
+    if task == "survival":
+        if event_key is None:
+            raise ValueError(
+                "task='survival' needs event_key=<obs column of event indicators> "
+                f"(1 = event, 0 = censored); obs[{obs_key!r}] holds the durations."
+            )
+        events = obs_column(data, adata, event_key, "the event indicators")
+        return survival_targets(column, events, obs_key, event_key)
+    return classification_targets(column, obs_key)
+
+
+def check_inputs(targets: Targets, settings: Mapping, obs_key: str) -> None:
+    """Enough samples of every class (or of events and censored samples) for the folds/split."""
+    if settings["inner_folds"]:
+        check_splittable(targets, 1.0, obs_key, folds=True)
+    else:
+        check_splittable(targets, settings.get("validation_fraction", 0.0), obs_key)
 
 
 def _check_key_added(key_added, obs_key, event_key) -> None:
@@ -571,7 +1040,7 @@ def _check_key_added(key_added, obs_key, event_key) -> None:
         raise ValueError(
             f"key_added={key_added!r} is not allowed: obs[{key_added!r}] belongs to scanpy "
             f"(one of {sorted(SCANPY_OBS_KEYS)}). Choose another name, e.g. the default "
-            "(None: f'{obs_key}_bulkrnabert', or 'bulkrnabert_risk' for survival)."
+            "(None: f'{obs_key}_bulkrnabert', or f'{obs_key}_bulkrnabert_risk' for survival)."
         )
 
 
@@ -684,70 +1153,134 @@ def _expand(targets: Targets, n_obs: int) -> dict[str, np.ndarray]:
     return full
 
 
-def _evaluator(targets: Targets, full: Mapping[str, np.ndarray]):
+def _evaluator(task: str, arrays: Mapping[str, np.ndarray]):
     def evaluate(outputs: np.ndarray, index: np.ndarray) -> dict[str, float]:
-        return _scores(targets, full, outputs, index)
+        return _scores(task, arrays, outputs, index)
 
     return evaluate
 
 
-def _scores(targets: Targets, full, outputs: np.ndarray, index: np.ndarray) -> dict[str, float]:
-    if targets.task == "classification":
+def _scores(task: str, arrays, outputs: np.ndarray, index: np.ndarray) -> dict[str, float]:
+    """Metrics of ``outputs`` for the samples ``index`` of ``arrays`` (targets)."""
+    outputs = np.asarray(outputs)
+    if task == "classification":
         return classification_metrics(
-            full["label"][index], outputs.argmax(axis=1), len(targets.classes)
+            arrays["label"][index], outputs.argmax(axis=1), outputs.shape[1]
         )
     try:
-        value = concordance_index(full["time"][index], outputs[:, 0], full["event"][index])
+        value = concordance_index(arrays["time"][index], outputs[:, 0], arrays["event"][index])
     except ValueError:
         value = float("nan")
     return {"c_index": value}
 
 
-def _metrics(targets: Targets, full, outputs: np.ndarray, rows: np.ndarray) -> dict:
-    if rows.size == 0:
+def _metrics(targets: Targets, outputs: np.ndarray, positions: np.ndarray) -> dict:
+    """``n`` and the metrics of the labelled samples at ``positions``."""
+    if positions.size == 0:
         return {"n": 0}
-    return {"n": int(rows.size), **_scores(targets, full, outputs[rows], rows)}
+    return {
+        "n": int(positions.size),
+        **_scores(targets.task, targets.arrays, outputs[positions], positions),
+    }
 
 
 def _drop_none(values: dict) -> dict:
     return {k: v for k, v in values.items() if v is not None}
 
 
+def finetune_records(adata, task: str | None = None) -> dict[str, dict]:
+    """The ``uns`` records that :func:`finetune`/:func:`predict` wrote, by ``uns`` key.
+
+    A record is an ``uns`` entry ending in ``"_finetune"`` with ``params`` and ``fields``
+    (``fields["obs"]`` is the prediction column: class or risk score); ``task`` keeps those of
+    one task. For plots and tools that need "the" risk column or history without being told
+    its key.
+    """
+    records = {}
+    for key, value in adata.uns.items():
+        if not (str(key).endswith(UNS_SUFFIX) and isinstance(value, Mapping)):
+            continue
+        if "fields" not in value or "params" not in value:
+            continue
+        if task is None or value["params"].get("task") == task:
+            records[str(key)] = value
+    return records
+
+
+def prediction_fields(model: FinetunedModel, key_added: str | None) -> dict[str, str]:
+    """Where a model's predictions go: ``obs``, ``obsm`` (probabilities, survival), ``uns``."""
+    if key_added is None:
+        suffix = "_bulkrnabert" if model.task == "classification" else "_bulkrnabert_risk"
+        key = f"{model.obs_key}{suffix}"
+    else:
+        key = key_added
+    fields = {"obs": key, "uns": f"{key}{UNS_SUFFIX}"}
+    if model.task == "classification":
+        fields["obsm"] = f"{key}{PROBA_SUFFIX}"
+    else:
+        fields["obsm_survival"] = f"{key}{SURVIVAL_SUFFIX}"
+    return fields
+
+
 def _write(
-    adata, model: FinetunedModel, outputs: np.ndarray, key_added: str | None, function: str
+    adata,
+    model: FinetunedModel,
+    outputs: np.ndarray,
+    key_added: str | None,
+    function: str,
+    survival_times: np.ndarray | None = None,
 ) -> None:
     """Write predictions and the ``uns`` record: all of them, or none (values computed first).
 
-    Warns (at the caller of ``function``) when fields of an earlier run are replaced.
+    Warns (at the caller of ``function``) when fields of an earlier run with the same key are
+    replaced; survival curves of such a run that this one does not write are removed.
     """
     frame = model.frame(outputs, adata.obs_names)
-    uns_key = UNS_KEY if key_added is None else f"{key_added}_finetune"
+    names = prediction_fields(model, key_added)
     record = {
         "params": dict(model.params),
         "metrics": {k: dict(v) for k, v in model.metrics.items()},
         "history": {k: list(v) for k, v in model.history.items()},
     }
+    if model.selection:
+        record["selection"] = dict(model.selection)
     fields: dict[tuple[str, str], object] = {}
     if model.task == "classification":
-        key = key_added or f"{model.obs_key}_bulkrnabert"
         codes = np.asarray(outputs).argmax(axis=1)
-        fields["obs", key] = pd.Categorical.from_codes(codes, categories=list(model.classes))
-        fields["obsm", f"{key}_proba"] = frame.to_numpy(dtype=np.float32)
+        fields["obs", names["obs"]] = pd.Categorical.from_codes(
+            codes, categories=list(model.classes)
+        )
+        fields["obsm", names["obsm"]] = frame.to_numpy(dtype=np.float32)
         record["classes"] = list(model.classes)
     else:
-        fields["obs", key_added or RISK_KEY] = frame["risk"].to_numpy()
-    fields["uns", uns_key] = record
+        risk = frame["risk"].to_numpy()
+        fields["obs", names["obs"]] = risk
+        if survival_times is not None:
+            curves = model.survival_function(risk, survival_times)
+            fields["obsm", names["obsm_survival"]] = curves.astype(np.float32)
+            record["survival_times"] = [float(t) for t in survival_times]
+    record["fields"] = {
+        "obs": names["obs"],
+        "obsm": [key for where, key in fields if where == "obsm"],
+        "uns": names["uns"],
+    }
+    fields["uns", names["uns"]] = record
+    stale = []
+    if survival_times is None and "obsm_survival" in names:
+        stale = [("obsm", names["obsm_survival"])] if names["obsm_survival"] in adata.obsm else []
     old = {
         (where, key): getattr(adata, where)[key]
-        for where, key in fields
+        for where, key in [*fields, *stale]
         if key in getattr(adata, where)
     }
     warn_overwrite([f"{where}[{key!r}]" for where, key in old], function, stacklevel=3)
     try:
         for (where, key), value in fields.items():
             getattr(adata, where)[key] = value
+        for where, key in stale:
+            del getattr(adata, where)[key]
     except BaseException:
-        for where, key in fields:
+        for where, key in [*fields, *stale]:
             container = getattr(adata, where)
             if (where, key) in old:
                 container[key] = old[where, key]
