@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from .attention import attention_weights, dot_product_attention
+from .attention import attention_received, attention_weights, dot_product_attention
 from .config import BulkRNABertConfig
 from .tokenizer import tokenize as _tokenize
 
@@ -350,6 +350,10 @@ class BulkRNABert(nnx.Module):
             parts.append(f"revision={str(self.revision)[:12]!r}")
         return f"{type(self).__name__}({', '.join(parts)})"
 
+    def __str__(self) -> str:
+        # print(model) gives the same line (Flax's default prints the whole tree of arrays).
+        return repr(self)
+
     def save(self, path) -> None:
         """Write the model to a folder: ``model.safetensors``, ``bulkrnabert_sv.json``, ``genes.txt``.
 
@@ -358,3 +362,87 @@ class BulkRNABert(nnx.Module):
         from .checkpoints import save_model
 
         save_model(self, path)
+
+
+# ------------------------------------------------------------------------------ interpretation
+# Pieces of the forward pass for attention summaries and attributions (tl.gene_attention,
+# tl.attribute). They call the modules above; tests check them against BulkRNABert.__call__.
+def input_embeddings(model: BulkRNABert, tokens: jax.Array) -> jax.Array:
+    """The encoder's input ``ExprEmbed[tokens] + GeneEmbed`` (batch, n_genes, embed_dim)."""
+    return model._embed_inputs(jnp.asarray(tokens), None)
+
+
+def encode_embeddings(
+    model: BulkRNABert, x: jax.Array, *, num_layers: int | None = None, remat: bool = False
+) -> jax.Array:
+    """The residual stream after ``num_layers`` blocks (default all) for input embeddings ``x``.
+
+    ``encode_embeddings(model, input_embeddings(model, tokens))`` is
+    ``model(tokens)["last_hidden_state"]``; gradients can then be taken with respect to the
+    inputs. ``remat`` rematerialises each block in the backward pass (memory of one block).
+    """
+    depth = model.config.num_layers if num_layers is None else int(num_layers)
+    for block in model.layers[:depth]:
+        if remat:  # jax.checkpoint of a pure function: usable under jax.grad and lax.scan
+            graphdef, state = nnx.split(block)
+            x = _checkpointed_block(graphdef, state, x)
+        else:
+            x = _block_forward(block, x)
+    return x
+
+
+@partial(jax.checkpoint, static_argnums=(0,))
+def _checkpointed_block(graphdef, state, x: jax.Array) -> jax.Array:
+    return _block_forward(nnx.merge(graphdef, state), x)
+
+
+def queries_and_keys(attention: MultiHeadAttention, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The (batch, length, heads, key_size) queries and keys (IA3 included) that ``attention``
+    computes from its (normalised) input ``x``."""
+    q = attention._heads(attention.query(x))
+    k = attention._heads(_scaled(attention.key(x), attention.ia3_key))
+    return q, k
+
+
+def attention_received_by_layer(
+    model: BulkRNABert,
+    tokens: jax.Array,
+    layers: Sequence[int],
+    *,
+    block_q: int | None = None,
+    block_k: int | None = None,
+) -> jax.Array:
+    """Per block, head and gene: the attention the gene receives, averaged over all queries.
+
+    The encoder runs as usual (its configured attention implementation); for each requested
+    block the queries and keys are recomputed from the block's input and
+    :func:`~bulkrnabert_sv.model.attention.attention_received` sums the softmax weights over the
+    queries in tiles, so no (n_genes, n_genes) map is ever held.
+
+    Parameters
+    ----------
+    model
+        The encoder.
+    tokens
+        Token ids (batch, n_genes).
+    layers
+        Blocks, 1-indexed, in the order wanted.
+
+    Returns
+    -------
+    float32 (batch, len(layers), heads, n_genes); over the genes each (sample, block, head)
+    sums to one.
+    """
+    layers = [int(k) for k in layers]
+    for k in layers:
+        if not 1 <= k <= model.config.num_layers:
+            raise ValueError(f"layer {k} is out of range: layers are 1..{model.config.num_layers}")
+    x = input_embeddings(model, tokens)
+    found: dict[int, jax.Array] = {}
+    for index, block in enumerate(model.layers[: max(layers)], start=1):
+        if index in layers:
+            q, k = queries_and_keys(block.attention, block.attention_norm(x))
+            found[index] = attention_received(q, k, block_q=block_q, block_k=block_k)
+        if index < max(layers):
+            x = _block_forward(block, x)
+    return jnp.stack([found[k] for k in layers], axis=1)
