@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from .. import _logging as logg
-from ..tl._risk_groups import RISK_KEY, quantile_groups
+from ..tl._risk_groups import default_risk_key, finetune_records, quantile_groups
 from ._utils import SaveArg, category_colors, new_axes, savefig_or_show
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -54,6 +54,8 @@ def _groups(adata, groupby, risk_key, groups, labels) -> tuple[pd.Categorical, s
                 f"groups are those of obs[{groupby!r}]."
             )
         return pd.Categorical(column), groupby
+    if risk_key is None:
+        risk_key = default_risk_key(adata)
     risk = _obs(adata, risk_key, "risk scores or groups")
     if isinstance(risk.dtype, pd.CategoricalDtype) or not pd.api.types.is_numeric_dtype(risk):
         if labels is not None:
@@ -143,7 +145,7 @@ def kaplan_meier(
     *,
     duration_key: str = "os_time",
     event_key: str = "os_event",
-    risk_key: str = RISK_KEY,
+    risk_key: str | None = None,
     groups: int | Sequence[float] = 2,
     labels: Sequence[str] | None = None,
     time_unit: str = "days",
@@ -161,14 +163,15 @@ def kaplan_meier(
         AnnData with durations, event indicators and groups or a risk score in ``obs``.
     groupby
         ``obs`` column of the groups to compare (categorical, strings or booleans), e.g. the
-        ``"bulkrnabert_risk_group"`` that :func:`~bulkrnabert_sv.tl.risk_groups` writes, or a
+        ``"os_time_bulkrnabert_risk_group"`` that :func:`~bulkrnabert_sv.tl.risk_groups` writes, or a
         cohort. Default: ``obs[risk_key]`` cut into ``groups`` here (nothing is written).
     duration_key, event_key
         ``obs`` columns: time to event or censoring, and 1/True = event, 0/False = censored
         (:func:`~bulkrnabert_sv.datasets.read_gdc` writes ``os_time`` and ``os_event``).
     risk_key
-        Without ``groupby``: the ``obs`` column of the risk score (``tl.finetune``/
-        ``tl.predict`` write ``bulkrnabert_risk``; higher = shorter survival), cut into
+        Without ``groupby``: the ``obs`` column of the risk score (default: that of the survival
+        run recorded in ``uns``; ``tl.finetune``/``tl.predict`` write
+        ``f"{obs_key}_bulkrnabert_risk"``; higher = shorter survival), cut into
         ``groups`` at quantiles as :func:`~bulkrnabert_sv.tl.risk_groups` does; a categorical
         column is used as the groups.
     groups
@@ -302,8 +305,16 @@ def kaplan_meier(
     return None if shown else ax
 
 
-def _history_frame(history, key: str) -> tuple[pd.DataFrame, int | None]:
+def _history_frame(history, key: str | None) -> tuple[pd.DataFrame, int | None]:
     best = None
+    if hasattr(history, "uns") and key is None:
+        records = [k for k, v in finetune_records(history).items() if "history" in v]
+        if len(records) > 1:
+            raise ValueError(
+                f"Several fine-tuning runs are recorded ({', '.join(map(repr, records))}); pass "
+                "key= naming the one to plot."
+            )
+        key = records[0] if records else FINETUNE_KEY
     if hasattr(history, "uns"):
         if key not in history.uns or "history" not in history.uns[key]:
             raise KeyError(
@@ -333,7 +344,7 @@ def training_history(
     history,
     *,
     keys: Sequence[str] | None = None,
-    key: str = FINETUNE_KEY,
+    key: str | None = None,
     log_loss: bool = False,
     figsize: tuple[float, float] | None = None,
     ax: Axes | Sequence[Axes] | None = None,
@@ -353,7 +364,8 @@ def training_history(
         Columns to draw; default every numeric column but ``step``/``epoch`` and
         ``learning_rate``.
     key
-        The ``uns`` entry of an AnnData (``f"{key_added}_finetune"`` for a custom key).
+        The ``uns`` entry of an AnnData (``f"{key_added}_finetune"``; default: the one
+        fine-tuning run recorded there).
     log_loss
         Logarithmic y axis for the losses.
     figsize

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -83,9 +83,41 @@ def quantile_groups(
     return pd.Categorical.from_codes(codes, categories=labels)
 
 
+def finetune_records(adata: AnnData, task: str | None = None) -> dict[str, Mapping]:
+    """The ``uns`` records of fine-tuning runs (``f"{key_added}_finetune"``), by ``uns`` key.
+
+    A record holds ``params`` (``task``, ...) and ``fields`` (``fields["obs"]``: the column of
+    the predicted class or risk score); ``task`` keeps those of one task.
+    """
+    out = {}
+    for key, value in adata.uns.items():
+        if str(key).endswith("_finetune") and isinstance(value, Mapping):
+            if "fields" in value and "params" in value:
+                if task is None or value["params"].get("task") == task:
+                    out[str(key)] = value
+    return out
+
+
+def default_risk_key(adata: AnnData) -> str:
+    """The risk column of the one survival run recorded in ``uns`` (else ``RISK_KEY``).
+
+    Raises
+    ------
+    ValueError
+        Several survival runs are recorded: the message lists their risk columns.
+    """
+    columns = [record["fields"]["obs"] for record in finetune_records(adata, "survival").values()]
+    if len(columns) > 1:
+        raise ValueError(
+            f"Several survival runs wrote risk scores ({', '.join(map(repr, columns))}); pass "
+            "risk_key= naming the one to use."
+        )
+    return columns[0] if columns else RISK_KEY
+
+
 def risk_groups(
     data,
-    risk_key: str = RISK_KEY,
+    risk_key: str | None = None,
     *,
     groups: int | Sequence[float] = 2,
     labels: Sequence[str] | None = None,
@@ -105,9 +137,10 @@ def risk_groups(
     data
         AnnData, or MuData (the ``mod`` modality), with the scores in ``obs[risk_key]``.
     risk_key
-        ``obs`` column of the risk scores; higher = shorter expected survival.
-        :func:`~bulkrnabert_sv.tl.finetune` and :func:`~bulkrnabert_sv.tl.predict` write
-        ``"bulkrnabert_risk"`` (the default) for a survival model.
+        ``obs`` column of the risk scores; higher = shorter expected survival. Default: the
+        column of the survival run recorded in ``uns`` (:func:`~bulkrnabert_sv.tl.finetune` and
+        :func:`~bulkrnabert_sv.tl.predict` write ``f"{obs_key}_bulkrnabert_risk"``, or
+        ``key_added``).
     groups
         Number of equal-sized groups (2 = split at the median) or the cut quantiles in (0, 1),
         e.g. ``(0.25, 0.75)`` for bottom quarter / middle half / top quarter.
@@ -135,11 +168,13 @@ def risk_groups(
     --------
     >>> brb.tl.predict(adata, cox_model)  # obs["bulkrnabert_risk"]  # doctest: +SKIP
     >>> brb.tl.risk_groups(adata, groups=(0.25, 0.75))  # doctest: +SKIP
-    >>> brb.pl.kaplan_meier(adata, groupby="bulkrnabert_risk_group")  # doctest: +SKIP
+    >>> brb.pl.kaplan_meier(adata, groupby="os_time_bulkrnabert_risk_group")  # doctest: +SKIP
     """
     from ._embed import SCANPY_OBS_KEYS, check_data
 
     check_data(data, "tl.risk_groups")
+    if risk_key is None:
+        risk_key = default_risk_key(get_modality(data, mod))
     if not isinstance(risk_key, str) or not risk_key:
         raise ValueError(f"risk_key must be an obs column name, got {risk_key!r}.")
     key = f"{risk_key}_group" if key_added is None else key_added
