@@ -279,7 +279,7 @@ def _finetuned_message(folder) -> str:
         ),
         (
             lambda m: m["head"].update(activation="swish"),
-            "'head' does not describe an MLPHead: Unknown activation 'swish'",
+            "'head' does not describe an MLPHead or an ensemble of them: Unknown activation 'swish'",
         ),
     ],
     ids=[

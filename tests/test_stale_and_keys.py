@@ -18,7 +18,7 @@ from bulkrnabert_sv._core.simulate import simulate_cohort
 from bulkrnabert_sv.model import random_model
 
 GENES = [f"ENSG{i:011d}" for i in range(1, 201)]
-PROBE = dict(method="probe", progress=False, epochs=20)
+PROBE = dict(method="probe", head="mlp", progress=False, epochs=20)
 
 
 @pytest.fixture(scope="module")
@@ -252,7 +252,7 @@ def test_finetune_and_predict_warn_when_replacing_predictions(encoder, cohort):
     first = data.obsm["cancer_type_bulkrnabert_proba"].copy()
     fields = (
         "obs['cancer_type_bulkrnabert'] and obsm['cancer_type_bulkrnabert_proba'] and "
-        "uns['bulkrnabert_finetune']"
+        "uns['cancer_type_bulkrnabert_finetune']"
     )
     with pytest.warns(UserWarning, match=re.escape(f"tl.predict replaces the existing {fields}")):
         record_check = bs.tl.predict(data, fitted, progress=False)
@@ -261,8 +261,10 @@ def test_finetune_and_predict_warn_when_replacing_predictions(encoder, cohort):
     with pytest.warns(UserWarning, match=re.escape(f"tl.finetune replaces the existing {fields}")):
         bs.tl.finetune(data, "cancer_type", model=encoder, **PROBE)
     survival = cohort.copy()
-    survival.obs["bulkrnabert_risk"] = 1.0
-    with pytest.warns(UserWarning, match=r"replaces the existing obs\['bulkrnabert_risk'\]") as w:
+    survival.obs["time_bulkrnabert_risk"] = 1.0  # where a survival run on "time" writes
+    with pytest.warns(
+        UserWarning, match=r"replaces the existing obs\['time_bulkrnabert_risk'\]"
+    ) as w:
         bs.tl.finetune(survival, "time", event_key="event", model=encoder, **PROBE)
     assert [x.filename for x in w if "replaces" in str(x.message)] == [__file__]
     # A new key keeps both.
