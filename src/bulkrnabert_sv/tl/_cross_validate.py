@@ -240,14 +240,6 @@ def cross_validate(
     A :class:`CrossValidationResult` (``folds``, ``summary``, ``compare()``,
     ``predictions``). Nothing is written into ``data``.
 
-    Metrics
-    -------
-    Classification: ``accuracy``, ``balanced_accuracy``, ``f1_macro``, ``auroc`` (one-vs-rest,
-    macro) and ``log_loss``, from scikit-learn. Survival: ``c_harrell``, ``c_uno``, ``auc``
-    (mean cumulative/dynamic AUC over ``times``) and ``integrated_brier_score``, from
-    scikit-survival; survival curves come from Breslow's baseline hazard of each model's
-    training risk scores.
-
     Raises
     ------
     TypeError
@@ -255,6 +247,14 @@ def cross_validate(
     ValueError
         A class (or the events, or the censored samples) with fewer than ``n_splits`` samples,
         or a bad setting.
+
+    Notes
+    -----
+    Classification: ``accuracy``, ``balanced_accuracy``, ``f1_macro``, ``auroc`` (one-vs-rest,
+    macro) and ``log_loss``, from scikit-learn. Survival: ``c_harrell``, ``c_uno``, ``auc``
+    (mean cumulative/dynamic AUC over ``times``) and ``integrated_brier_score``, from
+    scikit-survival; survival curves come from Breslow's baseline hazard of each model's
+    training risk scores.
     """
     check_data(data, "tl.cross_validate")
     unknown = sorted(set(finetune_settings) - set(FINETUNE_SETTINGS))
