@@ -373,6 +373,97 @@ def dot_product_attention(
     return _blockwise_attention(q, k, v, scale, bq, bk, kernel)
 
 
+# ------------------------------------------------------------------------------ attention received
+def _received_base2(qs, k, block_q, block_k):
+    """Column sums of the base-2 softmax: (G, Lk), the sum over queries of each key's weight.
+
+    ``qs`` (G, Lq, D) pre-scaled by ``scale * log2(e)``, ``k`` (G, Lk, D). A scan over query
+    blocks carries the (G, Lk) sums; each query block makes two passes over the key blocks: the
+    first finds every query's log-sum-exp (online maximum and sum, as :func:`_jax_forward`), the
+    second adds ``2**(s - lse)`` summed over the block's queries to the keys' totals. Memory:
+    a few (G, block_q, block_k) tiles and the (G, Lk) totals; no (Lq, Lk) map.
+    """
+    g, lq, _ = qs.shape
+    lk = k.shape[1]
+    k_blocks, bias = _blocks(k, block_k), _key_bias(lk, block_k)
+    nb_q = -(-lq // block_q)
+    # padded query rows (zeros) would spread a uniform row over the keys: weigh them 0
+    valid = (jnp.arange(nb_q * block_q) < lq).reshape(nb_q, block_q).astype(jnp.float32)
+
+    def query_block(totals, xs):
+        q_blk, valid_blk = xs
+
+        def lse_step(carry, ys):
+            m, total = carry
+            k_blk, b_blk = ys
+            s = jnp.einsum("gqd,gkd->gqk", q_blk, k_blk) + b_blk
+            m_new = jnp.maximum(m, s.max(axis=-1))
+            total = total * jnp.exp2(m - m_new) + jnp.exp2(s - m_new[..., None]).sum(axis=-1)
+            return (m_new, total), None
+
+        init = (
+            jnp.full((g, block_q), -jnp.inf, jnp.float32),
+            jnp.zeros((g, block_q), jnp.float32),
+        )
+        (m, total), _ = jax.lax.scan(lse_step, init, (k_blocks, bias))
+        lse = m + jnp.log2(total)
+
+        def column_step(_, ys):
+            k_blk, b_blk = ys
+            s = jnp.einsum("gqd,gkd->gqk", q_blk, k_blk) + b_blk
+            p = jnp.exp2(s - lse[..., None]) * valid_blk[None, :, None]
+            return None, p.sum(axis=1)
+
+        _, columns = jax.lax.scan(column_step, None, (k_blocks, bias))
+        return totals + columns, None
+
+    totals = jnp.zeros((k_blocks.shape[0], g, block_k), jnp.float32)
+    totals, _ = jax.lax.scan(query_block, totals, (_blocks(qs, block_q), valid))
+    return jnp.moveaxis(totals, 0, 1).reshape(g, -1)[:, :lk]
+
+
+def attention_received(
+    q: jax.Array,
+    k: jax.Array,
+    *,
+    scale: float | None = None,
+    block_q: int | None = None,
+    block_k: int | None = None,
+) -> jax.Array:
+    """The attention each key receives, averaged over the queries, without the (L, L) map.
+
+    ``received[b, h, j] = mean_i softmax_j(scale * q_i . k_j)``: the column means of the
+    attention probabilities that :func:`attention_weights` would materialise, computed in
+    blocks (each query's log-sum-exp first, then ``exp(scale * q_i . k_j - lse_i)`` summed over
+    the queries; see :func:`_received_base2`). Each row of probabilities sums to one, so over
+    the keys ``received`` sums to one (``1 / Lk`` each for uniform attention).
+
+    Parameters
+    ----------
+    q, k
+        Arrays of shape (batch, length, heads, head_dim); computed in float32.
+    scale
+        Logit scale, ``1/sqrt(head_dim)`` by default.
+    block_q, block_k
+        Tile sizes (default :func:`default_jax_blocks`). Memory is a few
+        (batch * heads, block_q, block_k) float32 tiles plus (batch, heads, Lk) totals; the time
+        is about that of two ``q k^T`` products and two exponentials per (query, key) pair.
+
+    Returns
+    -------
+    float32 array (batch, heads, Lk).
+    """
+    b, lq, h, d = q.shape
+    lk = k.shape[1]
+    scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
+    default_q, default_k = default_jax_blocks()
+    bq = min(int(block_q or default_q), lq)
+    bk = min(int(block_k or default_k), lk)
+    qs = _heads_first(q) * jnp.float32(scale * _LOG2E)
+    totals = _received_base2(qs, _heads_first(k), bq, bk)
+    return (totals / lq).reshape(b, h, lk)
+
+
 def flops_per_layer(length: int, heads: int, head_dim: int, batch: int = 1) -> int:
     """Floating-point operations of one attention (QK^T and PV), counting a multiply-add as 2."""
     return 4 * batch * length * length * heads * head_dim
@@ -383,6 +474,7 @@ __all__ = [
     "IMPLEMENTATIONS",
     "JAX_BLOCKS_ACCELERATOR",
     "JAX_BLOCKS_CPU",
+    "attention_received",
     "attention_weights",
     "default_jax_blocks",
     "dot_product_attention",
