@@ -287,3 +287,10 @@ def test_finetune_and_predict_refuse_scanpy_and_label_columns(encoder, tuned, co
     assert (data.obs["leiden"] == "0").all()
     assert list(data.obs.columns) == [*cohort.obs.columns, "leiden"]
     assert not data.obsm and list(data.uns) == list(cohort.uns)
+
+
+def test_finetune_and_predict_check_argument_types(encoder, cohort, tuned):
+    with pytest.raises(TypeError, match="embedding_layer"):
+        bs.tl.finetune(cohort.copy(), "cancer_type", model=encoder, embedding_layer=True)
+    with pytest.raises(TypeError, match="batch_size"):
+        bs.tl.predict(cohort.copy(), tuned, batch_size="4", progress=False)

@@ -13,6 +13,8 @@ from pandas.api.types import (
     is_numeric_dtype,
 )
 
+from .._logging import user_stacklevel
+
 TASKS = ("classification", "survival")
 
 
@@ -149,7 +151,7 @@ def _warn_dropped(n_dropped: int, n_total: int, what: str) -> None:
         warnings.warn(
             f"{n_dropped} of {n_total} samples have no {what} (NaN) and are left out of "
             "training; they still receive predictions.",
-            stacklevel=4,
+            stacklevel=user_stacklevel(),
         )
 
 

@@ -37,6 +37,7 @@ import numpy as np
 import pandas as pd
 from flax import nnx
 
+from .._core.checks import check_layer_index, check_positive_int
 from .._core.data import get_modality
 from .._core.finetuned import (
     EMBEDDING_KEY,
@@ -71,6 +72,7 @@ from .._core.training import (
     stratified_folds,
     stratified_split,
 )
+from .._logging import user_stacklevel
 from ._embed import SCANPY_OBS_KEYS, HashingBatches, check_data, stale_reason, warn_overwrite
 
 __all__ = ["FinetunedModel", "finetune", "load_finetuned", "predict"]
@@ -315,7 +317,7 @@ def finetune(
     check_inputs(targets, settings, obs_key)
 
     encoder = nnx.clone(_load_encoder(model))
-    depth = encoder._resolve_layer(embedding_layer)
+    depth = encoder._resolve_layer(check_layer_index(embedding_layer))
     n_outputs = len(targets.classes) if task == "classification" else 1
     info: dict = {"reused_embeddings": False}
 
@@ -780,8 +782,7 @@ def predict(
     """
     check_data(data, "tl.predict")
     model = _finetuned_model(model)
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+    batch_size = check_positive_int(batch_size, "batch_size")
     _check_key_added(key_added, model.obs_key, model.event_key)
     times = _check_times(survival_times)
     if times is not None:
@@ -1102,7 +1103,7 @@ def _stored_or_embed(
             f"recomputed; obsm[{EMBEDDING_KEY!r}] itself is left as it is (run tl.embed again "
             "to update it).",
             UserWarning,
-            stacklevel=3,
+            stacklevel=user_stacklevel(),
         )
     return embed_tokens(
         encoder, batches, embedding_layer=depth, batch_size=batch_size, progress=progress
