@@ -20,5 +20,8 @@ _ATTRIBUTES = {
     "pretrain": "._pretrain",
     "PretrainCheckpointError": "._pretrain",
     "risk_groups": "._risk_groups",
+    "gene_attention": "._gene_attention",
+    "attribute": "._attribute",
+    "perturb": "._perturb",
 }
 __all__, __getattr__, __dir__ = lazy_module(__name__, _ATTRIBUTES)
