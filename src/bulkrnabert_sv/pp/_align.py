@@ -323,11 +323,10 @@ def _name_forms(names: Sequence[str], id_type: str) -> list[str]:
         elif _SYMBOL_ENTREZ.match(name):
             form = "symbol_entrez" if id_type in ("auto", "entrez") else "symbol"
         elif _ENTREZ.match(name):
-            form = (
-                "entrez"
-                if id_type == "entrez" or (id_type == "auto" and not index_like)
-                else ("symbol" if id_type == "symbol" else "none")
-            )
+            if id_type == "entrez" or (id_type == "auto" and not index_like):
+                form = "entrez"
+            else:  # digits read as a symbol only when asked (the table holds none)
+                form = "symbol" if id_type == "symbol" else "none"
         else:
             form = "symbol" if id_type in ("auto", "symbol") else "none"
         if id_type == "ensembl" and form != "ensembl":

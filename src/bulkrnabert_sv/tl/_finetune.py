@@ -74,6 +74,7 @@ from .._core.training import (
 )
 from .._logging import user_stacklevel
 from ._embed import SCANPY_OBS_KEYS, HashingBatches, check_data, stale_reason, warn_overwrite
+from ._risk_groups import UNS_SUFFIX, finetune_records  # noqa: F401 (re-exported)
 
 __all__ = ["FinetunedModel", "finetune", "load_finetuned", "predict"]
 
@@ -95,7 +96,6 @@ DEFAULT_INNER_FOLDS = 5
 #: Suffixes of the fields written for a key (see prediction_fields).
 PROBA_SUFFIX = "_proba"
 SURVIVAL_SUFFIX = "_survival"
-UNS_SUFFIX = "_finetune"
 
 
 def finetune(
@@ -1187,25 +1187,6 @@ def _metrics(targets: Targets, outputs: np.ndarray, positions: np.ndarray) -> di
 
 def _drop_none(values: dict) -> dict:
     return {k: v for k, v in values.items() if v is not None}
-
-
-def finetune_records(adata, task: str | None = None) -> dict[str, dict]:
-    """The ``uns`` records that :func:`finetune`/:func:`predict` wrote, by ``uns`` key.
-
-    A record is an ``uns`` entry ending in ``"_finetune"`` with ``params`` and ``fields``
-    (``fields["obs"]`` is the prediction column: class or risk score); ``task`` keeps those of
-    one task. For plots and tools that need "the" risk column or history without being told
-    its key.
-    """
-    records = {}
-    for key, value in adata.uns.items():
-        if not (str(key).endswith(UNS_SUFFIX) and isinstance(value, Mapping)):
-            continue
-        if "fields" not in value or "params" not in value:
-            continue
-        if task is None or value["params"].get("task") == task:
-            records[str(key)] = value
-    return records
 
 
 def prediction_fields(model: FinetunedModel, key_added: str | None) -> dict[str, str]:

@@ -18,6 +18,8 @@ __all__ = ["quantile_groups", "risk_groups"]
 
 #: ``obs`` column of the risk scores that ``tl.finetune`` and ``tl.predict`` write (survival).
 RISK_KEY = "bulkrnabert_risk"
+#: Suffix of the ``uns`` record of a fine-tuning run: ``uns[f"{key_added}{UNS_SUFFIX}"]``.
+UNS_SUFFIX = "_finetune"
 _RISK_LABELS = {2: ("low risk", "high risk"), 3: ("low risk", "intermediate risk", "high risk")}
 
 
@@ -84,14 +86,16 @@ def quantile_groups(
 
 
 def finetune_records(adata: AnnData, task: str | None = None) -> dict[str, Mapping]:
-    """The ``uns`` records of fine-tuning runs (``f"{key_added}_finetune"``), by ``uns`` key.
+    """The ``uns`` records that ``tl.finetune``/``tl.predict`` wrote, by ``uns`` key.
 
-    A record holds ``params`` (``task``, ...) and ``fields`` (``fields["obs"]``: the column of
-    the predicted class or risk score); ``task`` keeps those of one task.
+    A record is an ``uns`` entry ending in ``"_finetune"`` with ``params`` (``task``, ...) and
+    ``fields`` (``fields["obs"]``: the column of the predicted class or risk score); ``task``
+    keeps those of one task. For plots and tools that need "the" risk column or history
+    without being told its key.
     """
     out = {}
     for key, value in adata.uns.items():
-        if str(key).endswith("_finetune") and isinstance(value, Mapping):
+        if str(key).endswith(UNS_SUFFIX) and isinstance(value, Mapping):
             if "fields" in value and "params" in value:
                 if task is None or value["params"].get("task") == task:
                     out[str(key)] = value
