@@ -14,7 +14,9 @@ function (softmax over all keys, no mask) and differ in speed and memory:
 ``"blockwise_host"``
     The forward pass as a numba kernel called with :func:`jax.pure_callback` (CPU only; see
     :mod:`._host_attention`): AVX2/FMA register-blocked micro-kernels with the softmax fused in
-    where the CPU has them, OpenBLAS tiles otherwise. Backward pass in JAX.
+    where the CPU has them, OpenBLAS tiles otherwise. Backward pass: the numba kernel of
+    :mod:`._host_backward` (recomputed tiles, AVX2/FMA, head sizes multiples of 8 up to 64), else
+    the JAX loops.
 ``"blockwise_jax"``
     The forward and backward passes as JAX loops (``lax.map`` over query blocks, ``lax.scan`` over
     key blocks); any platform.
@@ -235,9 +237,30 @@ def _host_forward(qs, k, v, block_q, block_k):
 
 
 def _host_backward(block_q, block_k, residuals, dout):
-    """The JAX-loop backward of the (B, L, H, D) host attention (its tile sizes, not the host's)."""
+    """The backward pass of the (B, L, H, D) host attention.
+
+    The numba backward kernel (:mod:`._host_backward`) where it runs (AVX2/FMA, head sizes that
+    are multiples of 8 up to 64), through :func:`jax.pure_callback`; its tiles are its own
+    defaults, or the forward's ``block_q``/``block_k`` where those are smaller. Elsewhere the JAX
+    loops, with their CPU tiles :data:`JAX_BLOCKS_CPU`.
+    """
+    from . import _host_backward as host_gradients
+
     qs, k, v, out, lse = residuals
     b, lq, h, d = qs.shape
+    if host_gradients.supported(d):
+        default_q, default_k = host_gradients.DEFAULT_BLOCKS
+        callback = functools.partial(
+            host_gradients.attention_backward,
+            layout="bshd",
+            block_q=min(block_q or default_q, default_q),
+            block_k=min(block_k or default_k, default_k),
+        )
+        shapes = tuple(jax.ShapeDtypeStruct(x.shape, jnp.float32) for x in (qs, k, v))
+        dout = dout.astype(jnp.float32)
+        return jax.pure_callback(
+            callback, shapes, qs, k, v, out, lse, dout, vmap_method="broadcast_all"
+        )
     grads = _jax_backward(
         _heads_first(qs),
         _heads_first(k),
@@ -250,7 +273,8 @@ def _host_backward(block_q, block_k, residuals, dout):
     return tuple(g.reshape(b, h, -1, d).transpose(0, 2, 1, 3) for g in grads)
 
 
-#: (B, L, H, D) base-2 attention by the host kernel; backward by the JAX loops.
+#: (B, L, H, D) base-2 attention by the host kernel, forward and backward (JAX-loop backward where
+#: the host backward kernel does not run).
 _host_base2 = _with_recomputing_backward(_host_forward, _host_backward)
 
 
