@@ -256,6 +256,18 @@ def stratified_folds(
 #: (``mean loss + l2 / 2 * ||w||^2``): from almost none to strong shrinkage.
 L2_GRID = tuple(float(v) for v in np.logspace(-4, 1.5, 12))
 
+#: How the linear head's L2 penalty measures the weights ``w`` of the raw embeddings ``x``:
+#: ``"standardised"``: ``sum_j (w_j sd_j)^2``, ridge on embeddings scaled to sd 1 per dimension
+#: (shrinks low-variance directions most); ``"whitened"``: ``w' Cov(x) w``, the variance of the
+#: linear predictor, i.e. ridge on PCA-whitened embeddings (a g-prior: every direction shrunk
+#: alike, so weak signal in low-variance directions is kept).
+PENALTIES = ("standardised", "whitened")
+#: The penalties the default linear head chooses from by inner cross-validation. For survival
+#: both: on cohorts whose risk lies in low-variance directions of the embeddings the
+#: standardised ridge ranks poorly at any strength the partial likelihood picks (see
+#: ``docs/benchmarks.md``); for classification the standardised one.
+DEFAULT_PENALTIES = {"classification": ("standardised",), "survival": PENALTIES}
+
 
 @dataclasses.dataclass
 class LinearFit:
@@ -283,6 +295,7 @@ class LinearFit:
     l2: float
     selection: dict
     out_of_fold: np.ndarray | None = None
+    penalty: str = "standardised"
 
 
 def _standardise(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -290,6 +303,25 @@ def _standardise(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     scale = x.std(axis=0)
     scale = np.where(scale > 1e-12 * max(1.0, float(np.abs(mean).max(initial=0.0))), scale, 1.0)
     return mean, scale
+
+
+def _feature_map(x: np.ndarray, penalty: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(mean, matrix)`` with ``(x - mean) @ matrix`` the features the ridge is fitted on.
+
+    ``"standardised"``: a diagonal of ``1 / sd``. ``"whitened"``: the principal axes of the
+    centred ``x`` divided by their sd (axes with a variance below 1e-10 of the largest are
+    dropped, so the features have identity covariance on the samples of ``x``).
+    """
+    if penalty == "standardised":
+        mean, scale = _standardise(x)
+        return mean, np.diag(1.0 / scale)
+    if penalty != "whitened":
+        raise ValueError(f"penalty must be one of {PENALTIES}, got {penalty!r}.")
+    mean = x.mean(axis=0)
+    _, singular, axes = np.linalg.svd(x - mean, full_matrices=False)
+    variance = singular**2 / max(x.shape[0], 1)
+    keep = variance > 1e-10 * max(float(variance.max(initial=0.0)), 1e-300)
+    return mean, axes[keep].T / np.sqrt(variance[keep])
 
 
 class _Logistic:
@@ -372,17 +404,20 @@ def fit_linear_head(
     n_classes: int,
     l2: float | Sequence[float],
     folds: Sequence[Sequence[tuple[np.ndarray, np.ndarray]]] = (),
+    penalties: Sequence[str] = ("standardised",),
 ) -> LinearFit:
     """Fit the linear probe head: ridge logistic regression or a ridge Cox model.
 
-    The embeddings are standardised (mean 0, sd 1 per dimension, on the samples fitted), the
-    model is fitted with the penalty ``l2 / 2 * ||w||^2`` added to the mean loss per sample
+    The embeddings are standardised (mean 0, sd 1 per dimension, on the samples fitted) or
+    PCA-whitened (``penalties``, see :data:`PENALTIES`), the model is fitted with the penalty
+    ``l2 / 2 * ||w||^2`` added to the mean loss per sample
     (scikit-learn's ``LogisticRegression(C=1 / (l2 * n))``, sample weights = class weights; or
     :func:`~bulkrnabert_sv._core.survival.ridge_cox`), and the standardisation is folded into
     the returned weights.
 
-    With several ``l2`` values, the models of every fold of ``folds`` (one list of folds per
-    seed) predict their held-out samples, and the best ``l2`` is chosen:
+    With several candidates (``l2`` values times ``penalties``), the models of every fold of
+    ``folds`` (one list of folds per seed) predict their held-out samples, and the best
+    candidate is chosen:
 
     * classification: the highest balanced accuracy of the pooled out-of-fold predictions
       (mean over seeds; ties go to the lowest held-out log loss). The log loss itself is not
@@ -409,29 +444,44 @@ def fit_linear_head(
         One value, or a grid to choose from (needs ``folds``).
     folds
         Inner folds as ``(train, validation)`` index pairs into ``x``, one list per seed.
+    penalties
+        Forms of the penalty to choose from (:data:`PENALTIES`).
     """
     from threadpoolctl import threadpool_limits
 
+    penalties = tuple(dict.fromkeys(penalties))
+    if not penalties or any(p not in PENALTIES for p in penalties):
+        raise ValueError(f"penalties must be values of {PENALTIES}, got {penalties!r}.")
     # Small dense problems: one BLAS thread is faster, and it does not spin against other work.
     with threadpool_limits(limits=1, user_api="blas"):
-        return _fit_linear_head(x, arrays, task, n_classes=n_classes, l2=l2, folds=folds)
+        return _fit_linear_head(
+            x, arrays, task, n_classes=n_classes, l2=l2, folds=folds, penalties=penalties
+        )
 
 
-def _fit_linear_head(x, arrays, task, *, n_classes, l2, folds) -> LinearFit:
+def _fit_linear_head(x, arrays, task, *, n_classes, l2, folds, penalties) -> LinearFit:
     x = np.asarray(x, dtype=np.float64)
     grid = sorted({float(v) for v in np.atleast_1d(l2)}, reverse=True)
+    candidates = [(penalty, value) for penalty in penalties for value in grid]
     selection: dict = {}
     out_of_fold = None
     temperature = 1.0
-    if len(grid) > 1:
+    if len(candidates) > 1:
         if not folds:
             raise ValueError("Choosing l2 from several values needs inner folds.")
-        scores, oof = _grid_scores(x, arrays, task, grid, folds, n_classes)
+        scores, oof = _grid_scores(x, arrays, task, grid, penalties, folds, n_classes)
         selection = {
             "l2_grid": grid,
             "inner_folds": len(folds[0]),
             "n_seeds": len(folds),
         }
+        if len(penalties) > 1:
+            # Per candidate (the cv_* lists run over them): its penalty and its l2.
+            selection.update(
+                penalties=list(penalties),
+                candidate_penalty=[p for p, _ in candidates],
+                candidate_l2=[v for _, v in candidates],
+            )
         if task == "classification":
             from sklearn.metrics import balanced_accuracy_score
 
@@ -439,12 +489,12 @@ def _fit_linear_head(x, arrays, task, *, n_classes, l2, folds) -> LinearFit:
             balanced = np.array(
                 [
                     np.mean([balanced_accuracy_score(labels, o[g].argmax(axis=1)) for o in oof])
-                    for g in range(len(grid))
+                    for g in range(len(candidates))
                 ]
             )
             log_loss = scores.mean(axis=0)
-            candidates = np.flatnonzero(balanced >= balanced.max() - 1e-12)
-            best = int(candidates[np.argmin(log_loss[candidates])])
+            ties = np.flatnonzero(balanced >= balanced.max() - 1e-12)
+            best = int(ties[np.argmin(log_loss[ties])])
             weight = arrays.get("weight")
             temperature = fit_temperature(oof[0][best], labels, weight)
             selection.update(
@@ -460,26 +510,30 @@ def _fit_linear_head(x, arrays, task, *, n_classes, l2, folds) -> LinearFit:
                 score="cv_partial_likelihood",
                 cv_partial_likelihood=[float(v) for v in mean],
             )
-        chosen = grid[best]
+        penalty, chosen = candidates[best]
+        if len(penalties) > 1:
+            selection["penalty"] = penalty
         out_of_fold = oof[0][best] / temperature
     else:
-        chosen = grid[0]
-    mean, scale = _standardise(x)
-    (kernel, bias) = _fit_path(task, (x - mean) / scale, arrays, [chosen], n_classes)[0]
-    kernel, bias = _fold_scaling(kernel / temperature, bias / temperature, mean, scale)
-    return LinearFit(kernel, bias, chosen, selection, out_of_fold)
+        penalty, chosen = candidates[0]
+    mean, matrix = _feature_map(x, penalty)
+    (kernel, bias) = _fit_path(task, (x - mean) @ matrix, arrays, [chosen], n_classes)[0]
+    kernel, bias = _fold_scaling(kernel / temperature, bias / temperature, mean, matrix)
+    return LinearFit(kernel, bias, chosen, selection, out_of_fold, penalty)
 
 
-def _fold_scaling(kernel, bias, mean, scale):
-    raw = kernel / scale[:, None]
+def _fold_scaling(kernel, bias, mean, matrix):
+    """Weights of the raw inputs from weights of the features ``(x - mean) @ matrix``."""
+    raw = matrix @ kernel
     return raw, bias - mean @ raw
 
 
-def _grid_scores(x, arrays, task, grid, folds, n_classes):
-    """Held-out scores per (seed, fold) and grid value, and out-of-fold outputs per seed.
+def _grid_scores(x, arrays, task, grid, penalties, folds, n_classes):
+    """Held-out scores per (seed, fold) and candidate, and out-of-fold outputs per seed.
 
+    Candidates: every ``l2`` of ``grid`` for each penalty of ``penalties``, in that order.
     Scores: weighted mean log loss (classification), or the cross-validated partial
-    likelihood per held-out event (survival). Outputs: (n_seeds, n_grid, n, n_outputs).
+    likelihood per held-out event (survival). Outputs: (n_seeds, n_candidates, n, n_outputs).
     """
     import warnings
 
@@ -491,17 +545,20 @@ def _grid_scores(x, arrays, task, grid, folds, n_classes):
     n = x.shape[0]
     n_outputs = n_classes if task == "classification" else 1
     rows = []
-    oof = np.zeros((len(folds), len(grid), n, n_outputs))
+    oof = np.zeros((len(folds), len(grid) * len(penalties), n, n_outputs))
     for seed_index, seed_folds in enumerate(folds):
         for train, validation in seed_folds:
-            mean, scale = _standardise(x[train])
-            xs = (x - mean) / scale
             part = {k: v[train] for k, v in arrays.items()}
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", ConvergenceWarning)
-                fits = _fit_path(task, xs[train], part, grid, n_classes, tol=1e-4)
+            fits = []
+            for penalty in penalties:
+                mean, matrix = _feature_map(x[train], penalty)
+                xs = (x - mean) @ matrix
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", ConvergenceWarning)
+                    path = _fit_path(task, xs[train], part, grid, n_classes, tol=1e-4)
+                fits.extend((xs, kernel, bias) for kernel, bias in path)
             row = []
-            for g, (kernel, bias) in enumerate(fits):
+            for g, (xs, kernel, bias) in enumerate(fits):
                 outputs = xs @ kernel + bias
                 oof[seed_index, g, validation] = outputs[validation]
                 if task == "classification":

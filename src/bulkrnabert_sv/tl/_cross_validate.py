@@ -28,7 +28,7 @@ from .._core.metrics import (
 )
 from .._core.survival import breslow_baseline, survival_curves
 from .._core.targets import Targets
-from .._core.training import stratified_folds
+from .._core.training import DEFAULT_PENALTIES, stratified_folds
 from ._embed import check_data
 from ._finetune import (
     _load_encoder,
@@ -53,6 +53,7 @@ FINETUNE_SETTINGS = (
     "hidden_sizes",
     "layer_norm",
     "l2",
+    "penalty",
     "inner_folds",
     "n_seeds",
     "epochs",
@@ -231,7 +232,7 @@ def cross_validate(
         As for ``finetune``.
     **finetune_settings
         Settings of ``finetune`` for the BulkRNABert model: ``head``, ``hidden_sizes``,
-        ``layer_norm``, ``l2``, ``inner_folds``, ``n_seeds``, ``epochs``, ``learning_rate``,
+        ``layer_norm``, ``l2``, ``penalty``, ``inner_folds``, ``n_seeds``, ``epochs``, ``learning_rate``,
         ``weight_decay``, ``batch_size``, ``validation_fraction``, ``early_stopping``,
         ``class_weight``, ``remat``.
 
@@ -433,10 +434,11 @@ def _check_folds(targets: Targets, n_splits: int, obs_key: str) -> None:
 def _describe(settings, method: str, task: str) -> str:
     if settings["head"] == "linear":
         kind = "ridge logistic regression" if task == "classification" else "ridge Cox"
+        penalties = settings.get("penalty") or DEFAULT_PENALTIES[task]
         how = (
-            f"L2 chosen by inner {settings['inner_folds']}-fold CV"
+            f"L2 ({' or '.join(penalties)}) chosen by inner {settings['inner_folds']}-fold CV"
             if settings["inner_folds"]
-            else f"l2={settings['l2'][0]:g}"
+            else f"l2={settings['l2'][0]:g}, {penalties[0]}"
         )
         head = f"linear head ({kind}, {how})"
     else:

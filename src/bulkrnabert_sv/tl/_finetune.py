@@ -66,7 +66,9 @@ from .._core.targets import (
     survival_targets,
 )
 from .._core.training import (
+    DEFAULT_PENALTIES,
     L2_GRID,
+    PENALTIES,
     Trainer,
     fit_linear_head,
     stratified_folds,
@@ -110,6 +112,7 @@ def finetune(
     hidden_sizes: Sequence[int] | None = None,
     layer_norm: bool = False,
     l2: float | Sequence[float] | None = None,
+    penalty: str | Sequence[str] | None = None,
     inner_folds: int | None = None,
     n_seeds: int = 1,
     embedding_layer: int = -1,
@@ -174,6 +177,14 @@ def finetune(
         to about 30, log-spaced. The choice minimises the inner folds' held-out log loss
         (classification) or maximises their cross-validated partial likelihood (survival,
         Verweij & van Houwelingen).
+    penalty
+        Linear head: how the L2 penalty measures the weights, one or several to choose from by
+        the same inner cross-validation as ``l2``: ``"standardised"`` (ridge on embeddings
+        scaled to sd 1 per dimension) or ``"whitened"`` (ridge on PCA-whitened embeddings: the
+        penalty is the variance of the linear predictor, every direction shrunk alike).
+        Default: both for survival, ``"standardised"`` for classification
+        (:data:`~bulkrnabert_sv._core.training.DEFAULT_PENALTIES`; measured in
+        ``docs/benchmarks.md``).
     inner_folds
         Probe: folds of the inner cross-validation (stratified by class, or by event) that
         choose ``l2`` (linear head) or the number of epochs (MLP head: every fold trains for
@@ -295,6 +306,7 @@ def finetune(
         hidden_sizes=hidden_sizes,
         layer_norm=layer_norm,
         l2=l2,
+        penalty=penalty,
         inner_folds=inner_folds,
         n_seeds=n_seeds,
         class_weight=class_weight,
@@ -442,7 +454,7 @@ def finetune(
         )
         baseline = {"time": times, "cumulative_hazard": hazard}
     params_record = {
-        **_settings_record(settings),
+        **_settings_record({**settings, "task": task}),
         "task": task,
         "method": method,
         "obs_key": obs_key,
@@ -507,12 +519,15 @@ class ProbeFit:
     best_epoch: int | None = None
     epochs_run: int | None = None
     l2: float | None = None
+    penalty: str | None = None
     inner_folds: int = 0
 
     def params_record(self) -> dict:
         record = {"inner_folds": int(self.inner_folds)}
         if self.l2 is not None:
             record["l2"] = float(self.l2)
+        if self.penalty is not None:
+            record["penalty_chosen"] = self.penalty
         if self.best_epoch is not None:
             record["best_epoch"] = int(self.best_epoch)
             record["epochs_run"] = int(self.epochs_run)
@@ -551,11 +566,19 @@ def fit_probe(
         if task == "classification":
             targets.set_class_weight(class_weight, everything)
         grid = settings["l2"]
-        folds = [folds_of(s) for s in range(n_seeds)] if len(grid) > 1 else []
+        penalties = settings.get("penalty") or DEFAULT_PENALTIES[task]
+        several = len(grid) * len(penalties) > 1
+        folds = [folds_of(s) for s in range(n_seeds)] if several else []
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*n_splits.*")
             linear = fit_linear_head(
-                x, targets.arrays, task, n_classes=n_classes, l2=grid, folds=folds
+                x,
+                targets.arrays,
+                task,
+                n_classes=n_classes,
+                l2=grid,
+                folds=folds,
+                penalties=penalties,
             )
         head = MLPHead(x.shape[1], [], n_classes, rngs=nnx.Rngs(random_state))
         head.output.kernel[...] = linear.kernel.astype(np.float32)
@@ -570,6 +593,7 @@ def fit_probe(
             selection=linear.selection,
             inner_cv=inner_cv,
             l2=linear.l2,
+            penalty=linear.penalty,
             inner_folds=len(folds[0]) if folds else 0,
         )
 
@@ -862,6 +886,7 @@ def resolve_settings(
     n_seeds,
     class_weight,
     epochs,
+    penalty=None,
     learning_rate,
     batch_size,
     weight_decay,
@@ -925,8 +950,30 @@ def resolve_settings(
                 "inner_folds=0 leaves nothing to choose l2 with: pass a single l2=<value>, or "
                 "inner_folds >= 2."
             )
-        settings.update(l2=[float(v) for v in grid], inner_folds=folds if len(grid) > 1 else 0)
+        penalties = None
+        if penalty is not None:
+            penalties = [penalty] if isinstance(penalty, str) else list(penalty)
+            if not penalties or any(p not in PENALTIES for p in penalties):
+                raise ValueError(
+                    f"penalty must be one of {PENALTIES} or a list of them, got {penalty!r}."
+                )
+            penalties = list(dict.fromkeys(penalties))
+        elif len(grid) == 1:  # a fixed l2 is a strength on the standardised scale
+            penalties = ["standardised"]
+        several = len(grid) > 1 or penalties is None or len(penalties) > 1
+        if folds == 0 and several:
+            raise ValueError(
+                "inner_folds=0 leaves nothing to choose l2 and the penalty with: pass a single "
+                "l2=<value> and a single penalty, or inner_folds >= 2."
+            )
+        settings.update(
+            l2=[float(v) for v in grid],
+            penalty=penalties,
+            inner_folds=folds if several else 0,
+        )
     else:
+        if penalty is not None:
+            raise ValueError("penalty is the linear head's; the MLP head uses weight_decay.")
         if l2 is not None:
             raise ValueError(
                 "l2 is the linear head's penalty; the MLP head uses weight_decay (AdamW)."
@@ -1000,6 +1047,9 @@ def _settings_record(settings: Mapping) -> dict:
     record = {k: v for k, v in settings.items() if k not in ("task", "method", "survival_times")}
     if settings["head"] == "linear":
         record["l2_grid"] = record.pop("l2")
+        if record.get("penalty") is None:  # the task's default, resolved when fitting
+            task = settings["task"]
+            record["penalty"] = list(DEFAULT_PENALTIES[task]) if task else []
     return record
 
 
