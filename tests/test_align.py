@@ -13,16 +13,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bulkrnabert_sv._core.checks import ExpressionValueError, ExpressionValueWarning
-from bulkrnabert_sv._core.tokens import token_batches
 from bulkrnabert_sv.model import random_model
 from bulkrnabert_sv.pp import (
     DuplicateGenesWarning,
+    ExpressionValueError,
+    ExpressionValueWarning,
     GeneCoverageWarning,
     align_genes,
     check_expression,
     strip_ensembl_version,
 )
+from bulkrnabert_sv.pp._tokens import token_batches
 from conftest import ROOT, shared_path
 
 VOCAB = ["ENSG00000000003", "ENSG00000000005", "ENSG00000000419", "ENSG00000000457"]

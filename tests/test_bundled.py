@@ -95,8 +95,8 @@ def test_compact_model_loads_offline_and_beats_the_marginal_baseline(monkeypatch
     assert "BSD-3-Clause" in card["licence"]
     # The held-out masked loss, recomputed here, is the card's and below the marginal baseline.
     train = _tool("train_compact_model")
-    from bulkrnabert_sv._core.masking import marginal_log_probs
-    from bulkrnabert_sv._core.tokens import token_batches
+    from bulkrnabert_sv.pp._tokens import token_batches
+    from bulkrnabert_sv.training.masking import marginal_log_probs
 
     demo = brb.datasets.tcga_demo()
     tokens = np.concatenate([b for _, _, b in token_batches(demo, model, batch_size=48)])

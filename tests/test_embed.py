@@ -19,11 +19,11 @@ import pytest
 import scipy.sparse as sp
 
 import bulkrnabert_sv as bs
-from bulkrnabert_sv._core import inference
-from bulkrnabert_sv._core.checks import ExpressionValueError, ExpressionValueWarning
-from bulkrnabert_sv._core.inference import _Runner, embed_token_array
-from bulkrnabert_sv._core.tokens import token_batches
 from bulkrnabert_sv.model import random_model
+from bulkrnabert_sv.pp import ExpressionValueError, ExpressionValueWarning
+from bulkrnabert_sv.pp._tokens import token_batches
+from bulkrnabert_sv.training import inference
+from bulkrnabert_sv.training.inference import _Runner, embed_token_array
 from conftest import ROOT
 
 N_VOCAB = 96
@@ -275,7 +275,7 @@ def test_batches_are_sharded_over_several_devices():
         import json
         import jax
         import numpy as np
-        from bulkrnabert_sv._core.inference import _Runner, embed_token_array
+        from bulkrnabert_sv.training.inference import _Runner, embed_token_array
         from bulkrnabert_sv.model import random_model
 
         devices = jax.local_devices()

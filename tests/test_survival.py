@@ -8,14 +8,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bulkrnabert_sv._core.metrics import (
+from bulkrnabert_sv.training.fitting import fit_temperature
+from bulkrnabert_sv.training.metrics import (
     classification_metrics,
     corrected_interval,
     evaluation_times,
     probability_metrics,
     survival_metrics,
 )
-from bulkrnabert_sv._core.survival import (
+from bulkrnabert_sv.training.survival import (
     breslow_baseline,
     concordance_index,
     cox_negative_log_likelihood,
@@ -23,7 +24,6 @@ from bulkrnabert_sv._core.survival import (
     ridge_cox,
     survival_curves,
 )
-from bulkrnabert_sv._core.training import fit_temperature
 
 
 @pytest.fixture(scope="module")

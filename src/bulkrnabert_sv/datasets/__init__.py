@@ -1,4 +1,5 @@
-"""Data sets: real TCGA tumours shipped with the package, the GDC (TCGA) reader and downloader."""
+"""Data sets: real TCGA tumours shipped with the package, the GDC (TCGA) reader and downloader,
+and simulated cohorts with a planted signal (for tests and benchmarks)."""
 
 from .._lazy import lazy_module
 
@@ -9,5 +10,6 @@ _ATTRIBUTES = {
     "download_gdc": "._gdc",
     "GDCFormatError": "._gdc",
     "GDCDownloadError": "._gdc_download",
+    "simulate_cohort": "._simulate",
 }
 __all__, __getattr__, __dir__ = lazy_module(__name__, _ATTRIBUTES)

@@ -6,6 +6,12 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .._files import (
+    FINETUNED_BACKBONE_DIR,
+    FINETUNED_META_FILE,
+    PRETRAIN_CONFIG_FILE,
+    PRETRAIN_FINAL_MODEL_DIR,
+)
 from .checkpoints import (
     FORMAT_NAME,
     HAIKU_PARAMS_FILE,
@@ -59,17 +65,14 @@ def detect_format(folder: Path) -> str:
     if (folder / HAIKU_PARAMS_FILE).is_file():
         return "haiku"
     # Not a model: say what the folder is when another saver of this package wrote it.
-    from .._core.finetuned import BACKBONE_DIR, META_FILE
-    from .._core.pretrain_checkpoint import CONFIG_FILE, FINAL_MODEL_DIR
-
-    if (folder / META_FILE).is_file():
+    if (folder / FINETUNED_META_FILE).is_file():
         raise CheckpointError(
             f"{folder} holds a fine-tuned model (written by FinetunedModel.save), not an encoder: "
             f"load it with bulkrnabert_sv.load_finetuned({str(folder)!r}); its encoder alone is "
-            f"in {folder / BACKBONE_DIR} (load_model or --model accept that folder)."
+            f"in {folder / FINETUNED_BACKBONE_DIR} (load_model or --model accept that folder)."
         )
-    if (folder / CONFIG_FILE).is_file():
-        final = folder / FINAL_MODEL_DIR
+    if (folder / PRETRAIN_CONFIG_FILE).is_file():
+        final = folder / PRETRAIN_FINAL_MODEL_DIR
         where = (
             f"the finished model is in {final}: pass that folder (load_model or --model)."
             if final.is_dir()

@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .. import _logging as logg
-from .._core.checks import check_layer_index
-from .._core.data import get_modality
+from .._anndata import get_modality
+from .._validation import check_layer_index
 from .._version import __version__
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -185,7 +185,7 @@ def model_fingerprint(model) -> str:
 class HashingBatches:
     """Token batches that hash their tokens while they stream past.
 
-    Wraps :func:`~bulkrnabert_sv._core.tokens.token_batches`; after a complete pass,
+    Wraps :func:`~bulkrnabert_sv.pp._tokens.token_batches`; after a complete pass,
     ``hexdigest`` is the sha256 of all tokens in row order (int32), the same for any batch size.
     Tokens are what the encoder sees: they change when the expression values, the gene alignment
     or the order of the samples change.
@@ -354,10 +354,10 @@ def embed(
     >>> bs.tl.embed(adata)  # doctest: +SKIP
     >>> sc.pp.neighbors(adata, use_rep="X_bulkrnabert"); sc.tl.umap(adata)  # doctest: +SKIP
     """
-    from .._core.finetuned import FinetunedModel
-    from .._core.inference import embed_tokens
-    from .._core.tokens import token_batches
     from ..model import BulkRNABert, load_model
+    from ..pp._tokens import token_batches
+    from ..training.finetuned import FinetunedModel
+    from ..training.inference import embed_tokens
 
     _check_arguments(batch_size=batch_size, key_added=key_added)
     check_layer_index(embedding_layer, "embedding_layer")  # 2.0, "2", True: TypeError

@@ -37,9 +37,10 @@ import numpy as np
 import pandas as pd
 from flax import nnx
 
-from .._core.checks import check_layer_index, check_positive_int
-from .._core.data import get_modality
-from .._core.finetuned import (
+from .._anndata import get_modality
+from .._logging import user_stacklevel
+from .._validation import check_layer_index, check_positive_int
+from ..training.finetuned import (
     EMBEDDING_KEY,
     EMBEDDING_UNS_KEY,
     LOSSES,
@@ -54,9 +55,16 @@ from .._core.finetuned import (
     stored_embeddings,
     structure_key,
 )
-from .._core.metrics import classification_metrics
-from .._core.survival import breslow_baseline, concordance_index
-from .._core.targets import (
+from ..training.fitting import (
+    L2_GRID,
+    Trainer,
+    fit_linear_head,
+    stratified_folds,
+    stratified_split,
+)
+from ..training.metrics import classification_metrics
+from ..training.survival import breslow_baseline, concordance_index
+from ..training.targets import (
     TASKS,
     Targets,
     check_splittable,
@@ -65,14 +73,6 @@ from .._core.targets import (
     obs_column,
     survival_targets,
 )
-from .._core.training import (
-    L2_GRID,
-    Trainer,
-    fit_linear_head,
-    stratified_folds,
-    stratified_split,
-)
-from .._logging import user_stacklevel
 from ._embed import SCANPY_OBS_KEYS, HashingBatches, check_data, stale_reason, warn_overwrite
 from ._risk_groups import UNS_SUFFIX, finetune_records  # noqa: F401 (re-exported)
 
@@ -345,8 +345,8 @@ def finetune(
         final_encoder, final_head = encoder, fit.head
         train, validation = fit.train, fit.validation
     else:
-        from .._core.tokens import token_batches
         from ..model import MLPHead
+        from ..pp._tokens import token_batches
 
         rng = np.random.default_rng(random_state)
         train, validation = stratified_split(targets.strata, settings["validation_fraction"], rng)
@@ -1085,7 +1085,7 @@ def _stored_or_embed(
     it is now, hashed in one pass without embedding). Otherwise the embeddings are recomputed,
     with a warning saying why when there were stored ones.
     """
-    from .._core.tokens import token_batches
+    from ..pp._tokens import token_batches
 
     adata = get_modality(data, mod)
     stored = stored_embeddings(adata, encoder, depth, layer, gene_key)

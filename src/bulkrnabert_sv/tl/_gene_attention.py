@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from .. import _logging as logg
-from .._core.checks import check_layer_index, check_positive_int
-from .._core.data import get_modality
+from .._anndata import get_modality
+from .._validation import check_layer_index, check_positive_int
 from .._version import __version__
 from ._embed import check_data
 from ._interpret import (
@@ -169,7 +169,7 @@ def gene_attention(
     KeyError
         ``groupby`` is not an ``obs`` column.
     """
-    from .._core.tokens import token_batches
+    from ..pp._tokens import token_batches
 
     check_data(data, "tl.gene_attention")
     key_added = check_key(key_added, "tl.gene_attention")

@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 
 from .. import _logging as logg
-from .._core.checks import check_positive_int
-from .._core.data import get_modality
+from .._anndata import get_modality
+from .._validation import check_positive_int
 from .._version import __version__
 from ._embed import check_data
 from ._interpret import (
@@ -206,9 +206,9 @@ def perturb(
     ValueError
         A gene outside the model's vocabulary, an unknown mode, a bad token.
     """
-    from .._core.finetuned import FinetunedModel
-    from .._core.inference import embed_token_array
-    from .._core.tokens import all_tokens
+    from ..pp._tokens import all_tokens
+    from ..training.finetuned import FinetunedModel
+    from ..training.inference import embed_token_array
     from ._interpret import load_encoder
 
     check_data(data, "tl.perturb")

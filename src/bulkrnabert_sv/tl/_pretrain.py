@@ -17,11 +17,15 @@ import pandas as pd
 from flax import nnx
 
 from .. import _logging as logg
-from .._core import sharding as shard
-from .._core.data import get_modality
-from .._core.masking import check_mask_rate, marginal_log_probs, masked_sums, sample_mask
-from .._core.pretrain_checkpoint import (
-    FINAL_MODEL_DIR,
+from .._anndata import get_modality
+from .._files import PRETRAIN_FINAL_MODEL_DIR as FINAL_MODEL_DIR
+from ..model import PRESETS, BulkRNABert, BulkRNABertConfig, CheckpointError, load_model
+from ..model.loading import _looks_like_repo_id
+from ..pp._align import strip_ensembl_version
+from ..pp._tokens import token_batches
+from ..training import sharding as shard
+from ..training.masking import check_mask_rate, marginal_log_probs, masked_sums, sample_mask
+from ..training.pretrain_checkpoint import (
     Checkpointer,
     CorruptCheckpointWarning,
     PretrainCheckpointError,
@@ -30,10 +34,6 @@ from .._core.pretrain_checkpoint import (
     key_name,
     prepare_folder,
 )
-from .._core.tokens import token_batches
-from ..model import PRESETS, BulkRNABert, BulkRNABertConfig, CheckpointError, load_model
-from ..model.loading import _looks_like_repo_id
-from ..pp._align import strip_ensembl_version
 
 __all__ = ["CorruptCheckpointWarning", "PretrainCheckpointError", "pretrain"]
 

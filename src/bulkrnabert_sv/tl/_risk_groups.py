@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from .. import _logging as logg
-from .._core.data import get_modality
+from .._anndata import get_modality
 
 if TYPE_CHECKING:  # pragma: no cover
     from anndata import AnnData

@@ -378,7 +378,7 @@ def fit_linear_head(
     The embeddings are standardised (mean 0, sd 1 per dimension, on the samples fitted), the
     model is fitted with the penalty ``l2 / 2 * ||w||^2`` added to the mean loss per sample
     (scikit-learn's ``LogisticRegression(C=1 / (l2 * n))``, sample weights = class weights; or
-    :func:`~bulkrnabert_sv._core.survival.ridge_cox`), and the standardisation is folded into
+    :func:`~bulkrnabert_sv.training.survival.ridge_cox`), and the standardisation is folded into
     the returned weights.
 
     With several ``l2`` values, the models of every fold of ``folds`` (one list of folds per

@@ -19,7 +19,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from .checks import check_layer_index, check_positive_int
+from .._validation import check_layer_index, check_positive_int
 from .sharding import batch_sharding, data_mesh, replicated
 
 
@@ -109,7 +109,7 @@ def embed_tokens(
         A :class:`~bulkrnabert_sv.model.BulkRNABert`.
     batches
         Iterable of ``(start, stop, tokens)`` with int32 tokens (stop - start, n_genes), e.g.
-        :func:`bulkrnabert_sv._core.tokens.token_batches`. Batches may come in any order.
+        :func:`bulkrnabert_sv.pp._tokens.token_batches`. Batches may come in any order.
     layer
         Transformer block whose output is averaged over genes (1-indexed; -1 = last).
     progress

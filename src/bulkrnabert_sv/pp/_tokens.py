@@ -7,9 +7,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..pp._align import GeneAlignment, align_genes
-from .checks import TpmRowReport, check_positive_int
-from .data import get_matrix, get_modality, iter_row_batches
+from .._anndata import get_matrix, get_modality, iter_row_batches
+from .._validation import check_positive_int
+from ._align import GeneAlignment, align_genes
+from ._values import TpmRowReport
 
 
 @dataclass
@@ -20,7 +21,7 @@ class TokenBatches:
     the expression matrix is densified at a time. With ``check``, every batch is checked: NaN,
     infinite or negative values raise at their batch; samples that look like counts, log values
     or not TPM, or that have no expressed model gene, are gathered over all batches and named
-    in one :class:`~bulkrnabert_sv._core.checks.ExpressionValueWarning` once the last batch
+    in one :class:`~bulkrnabert_sv.pp.ExpressionValueWarning` once the last batch
     has been read (one per iteration).
     """
 

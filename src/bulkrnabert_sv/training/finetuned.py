@@ -27,6 +27,8 @@ import numpy as np
 import pandas as pd
 from flax import nnx
 
+from .._files import FINETUNED_BACKBONE_DIR as BACKBONE_DIR
+from .._files import FINETUNED_META_FILE as META_FILE
 from .survival import cox_negative_log_likelihood
 from .targets import TASKS
 
@@ -34,9 +36,7 @@ FORMAT_NAME = "bulkrnabert-sv-finetuned"
 FORMAT_VERSION = 2
 #: How an ensemble head combines its members (see HeadEnsemble).
 COMBINE = ("probabilities", "mean")
-META_FILE = "finetuned.json"
 HEAD_FILE = "head.safetensors"
-BACKBONE_DIR = "backbone"
 #: How the encoder was fine-tuned (see tl.finetune).
 METHODS = ("probe", "ia3", "full")
 #: Where ``tl.embed`` writes sample embeddings and its parameters.
@@ -312,7 +312,7 @@ class FinetunedModel:
         progress: bool = False,
     ) -> np.ndarray:
         """Mean embeddings (n_obs, embed_dim) of ``data`` by the (fine-tuned) encoder."""
-        from .tokens import token_batches
+        from ..pp._tokens import token_batches
 
         batches = token_batches(
             data, self.encoder, layer=layer, gene_key=gene_key, mod=mod, batch_size=batch_size
@@ -384,7 +384,7 @@ class FinetunedModel:
         risk = self.predict(data, **kwargs)[RISK_COLUMN].to_numpy()
         times = np.asarray(times, dtype=np.float64).reshape(-1)
         curves = self.survival_function(risk, times)
-        from .data import get_modality
+        from .._anndata import get_modality
 
         index = get_modality(data, kwargs.get("mod", "rna")).obs_names.copy()
         return pd.DataFrame(curves, index=index, columns=pd.Index(times, name="time"))
@@ -415,7 +415,7 @@ class FinetunedModel:
         (classification), or the column ``risk`` (Cox log relative hazard; higher = shorter
         survival).
         """
-        from .data import get_modality
+        from .._anndata import get_modality
 
         adata = get_modality(data, mod)
         embeddings = self.embed(
