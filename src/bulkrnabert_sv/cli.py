@@ -620,7 +620,7 @@ def _load_model(args):
 
 def _require_genes(model) -> None:
     """Refuse (exit 3, a model problem) a model without the gene list the input is aligned to."""
-    from .model.checkpoints import GENES_FILE, HF_GENES_FILE
+    from .model.files import GENES_FILE, HF_GENES_FILE
 
     if not model.genes:
         name = f"the model {model.source}" if model.source else "the model"

@@ -1,5 +1,4 @@
-"""Data sets: real TCGA tumours shipped with the package, the GDC (TCGA) reader and downloader,
-and simulated cohorts with a planted signal (for tests and benchmarks)."""
+"""Data sets: shipped TCGA tumours, the GDC (TCGA) reader and downloader, simulated cohorts."""
 
 from .._lazy import lazy_module
 

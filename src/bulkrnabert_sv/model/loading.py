@@ -12,7 +12,9 @@ from .._files import (
     PRETRAIN_CONFIG_FILE,
     PRETRAIN_FINAL_MODEL_DIR,
 )
-from .checkpoints import (
+from .checkpoints import load_haiku_folder, load_hf_folder, load_own_folder
+from .errors import CheckpointError
+from .files import (
     FORMAT_NAME,
     HAIKU_PARAMS_FILE,
     HF_CONFIG_FILE,
@@ -20,10 +22,6 @@ from .checkpoints import (
     HF_TOKENIZER_FILE,
     OWN_CONFIG_FILE,
     WEIGHTS_FILE,
-    CheckpointError,
-    load_haiku_folder,
-    load_hf_folder,
-    load_own_folder,
 )
 from .modeling import BulkRNABert
 from .vocabulary import COMPACT_SOURCE, compact_model_folder

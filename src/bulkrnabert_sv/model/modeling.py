@@ -25,6 +25,7 @@ from flax import nnx
 
 from .attention import attention_received, attention_weights, dot_product_attention
 from .config import BulkRNABertConfig
+from .files import save_model
 from .tokenizer import tokenize as _tokenize
 
 
@@ -359,8 +360,6 @@ class BulkRNABert(nnx.Module):
 
         :func:`bulkrnabert_sv.load_model` reads it back bit-identically.
         """
-        from .checkpoints import save_model
-
         save_model(self, path)
 
 

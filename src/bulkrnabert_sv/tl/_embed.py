@@ -167,7 +167,7 @@ def model_fingerprint(model) -> str:
     import jax
     from flax import nnx
 
-    from ..model.checkpoints import flat_state
+    from ..model.params import flat_state
 
     digest = hashlib.sha256(b"bulkrnabert-sv model v1\n")
     config = {

@@ -434,7 +434,7 @@ class FinetunedModel:
         from safetensors.numpy import save_file
 
         from .._version import __version__
-        from ..model.checkpoints import flat_state
+        from ..model.params import flat_state
 
         folder = Path(path)
         folder.mkdir(parents=True, exist_ok=True)
@@ -488,18 +488,9 @@ def load_finetuned(path) -> FinetunedModel:
         encoder folder (``model.save``) is pointed to ``load_model``.
     """
     from ..model import load_model
-    from ..model.checkpoints import (
-        OWN_CONFIG_FILE,
-        OWN_RULES,
-        WEIGHTS_FILE,
-        CheckpointError,
-        assign,
-        checkpoint_error,
-        flat_state,
-        map_tensors,
-        read_json,
-        read_safetensors,
-    )
+    from ..model.errors import CheckpointError, checkpoint_error
+    from ..model.files import OWN_CONFIG_FILE, WEIGHTS_FILE, read_json, read_safetensors
+    from ..model.params import OWN_RULES, assign, flat_state, map_tensors
 
     folder = Path(path)
     if not folder.is_dir():
