@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ._keys import EMBEDDING_KEY, EMBEDDING_UNS_KEY
+
 #: Seconds to wait for the Hugging Face Hub's answer before falling back on the compact model.
 HUB_TIMEOUT_S = 5.0
 #: Neighbours of the leave-one-out kNN classifier that measures cohort separation.
@@ -137,11 +139,11 @@ def run(
         + ")"
     )
     embed(adata, model, batch_size=batch_size, progress=progress)
-    report = adata.uns["bulkrnabert"]["genes"]
+    report = adata.uns[EMBEDDING_UNS_KEY]["genes"]
     echo(f"genes matched: {report['n_matched']} of the model's {report['n_vocabulary']}")
     adata.obsm["X_pca_log_tpm"] = log_tpm_pca(adata.X)
     scores = {
-        "BulkRNABert": cohort_separation(adata.obsm["X_bulkrnabert"], adata.obs["cohort"]),
+        "BulkRNABert": cohort_separation(adata.obsm[EMBEDDING_KEY], adata.obs["cohort"]),
         "PCA of log TPM": cohort_separation(adata.obsm["X_pca_log_tpm"], adata.obs["cohort"]),
     }
     echo(f"cohort separation ({KNN_NEIGHBOURS}-NN leave-one-out accuracy, silhouette):")
@@ -160,7 +162,7 @@ def run(
         adata,
         "cohort",
         {
-            f"BulkRNABert ({model.source})": "X_bulkrnabert",
+            f"BulkRNABert ({model.source})": EMBEDDING_KEY,
             "PCA of log10(1 + TPM)": "X_pca_log_tpm",
         },
         figure,

@@ -20,6 +20,8 @@ import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
+from ._keys import EMBEDDING_KEY, uns_key_for
+
 EXIT_OK = 0
 EXIT_INPUT = 2
 EXIT_MODEL = 3
@@ -90,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     embed.add_argument("--batch-size", type=_positive_int, default=8, help="default 8")
     embed.add_argument(
-        "--key-added", default="X_bulkrnabert", help="obsm key (default: X_bulkrnabert)"
+        "--key-added", default=EMBEDDING_KEY, help=f"obsm key (default: {EMBEDDING_KEY})"
     )
     embed.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -196,7 +198,7 @@ def _warnings_to_stderr():
 
 # ------------------------------------------------------------------------------------ embed
 def run_embed(args: argparse.Namespace) -> int:
-    from .tl._embed import embed, uns_key_for
+    from .tl._embed import embed
 
     # Everything that the names and the file system tell is checked before the input is read,
     # the model loaded and the samples embedded, so that a bad OUTPUT fails in a second.
@@ -564,8 +566,6 @@ def write_output(args, data, kind: str, embeddings, result: dict) -> None:
     import numpy as np
     import pandas as pd
 
-    from .tl._embed import uns_key_for
-
     output = args.output
     output_kind = _output_kind(output)
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -589,8 +589,6 @@ def _add_to_file(source: Path, output: Path, prefix: str, key, embeddings, resul
     """Copy ``source`` to ``output`` and add obsm/uns there, without loading X."""
     import h5py
     from anndata.io import write_elem
-
-    from .tl._embed import uns_key_for
 
     # samefile, not resolved paths: a hard link to the input is the input too.
     if not (output.exists() and os.path.samefile(source, output)):

@@ -11,6 +11,7 @@ import pandas as pd
 
 from .. import _logging as logg
 from .._anndata import get_modality
+from .._keys import ATTRIBUTION_KEY
 from .._validation import check_positive_int
 from .._version import __version__
 from ._embed import check_data
@@ -35,7 +36,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from ..training.finetuned import FinetunedModel
 
-DEFAULT_KEY = "bulkrnabert_attribution"
 METHODS = ("integrated_gradients", "gradient_x_input")
 #: Risk groups of a survival model's samples when no ``groupby`` is given (median split).
 RISK_GROUPS = ("low risk", "high risk")
@@ -152,7 +152,7 @@ def attribute(
     remat: bool = True,
     rank_by: Literal["mean", "contrast"] = "mean",
     n_top: int = 50,
-    key_added: str = DEFAULT_KEY,
+    key_added: str = ATTRIBUTION_KEY,
     copy: bool = False,
     progress: bool = True,
 ) -> AnnData | Any | None:

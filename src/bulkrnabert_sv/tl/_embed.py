@@ -12,6 +12,15 @@ import numpy as np
 
 from .. import _logging as logg
 from .._anndata import get_modality
+from .._keys import (
+    COLORS_SUFFIX,
+    EMBEDDING_KEY,
+    SCANPY_OBSM_KEYS,
+    SCANPY_OBSM_PREFIXES,
+    SCANPY_UNS_KEYS,
+    is_finetune_uns_key,
+    uns_key_for,
+)
 from .._validation import check_layer_index
 from .._version import __version__
 
@@ -19,74 +28,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from anndata import AnnData
 
     from ..model import BulkRNABert
-
-DEFAULT_KEY = "X_bulkrnabert"
-
-
-def uns_key_for(key_added: str) -> str:
-    """The ``uns`` key for an ``obsm`` key: ``"X_bulkrnabert"`` → ``"bulkrnabert"``."""
-    return key_added[2:] if key_added.startswith("X_") and len(key_added) > 2 else key_added
-
-
-# ------------------------------------------------------------------------------ keys of others
-#: ``obsm`` keys written by scanpy (``pp.pca``, ``tl.umap``, ``tl.tsne``, ``tl.diffmap``; and
-#: ``tl.draw_graph``, whose keys start with ``"X_draw_graph_"``) and by the integrations of
-#: ``scanpy.external`` (harmony, scanorama, phate, trimap). ``tl.embed`` refuses them as
-#: ``key_added``.
-SCANPY_OBSM_KEYS = frozenset(
-    {
-        "X_pca",
-        "X_umap",
-        "X_tsne",
-        "X_diffmap",
-        "X_pca_harmony",
-        "X_scanorama",
-        "X_phate",
-        "X_trimap",
-    }
-)
-SCANPY_OBSM_PREFIXES = ("X_draw_graph_",)
-#: ``uns`` keys written by scanpy tools (plus any ``"<key>_colors"``, its plotting palettes).
-#: ``tl.embed`` refuses a ``key_added`` whose ``uns`` key (``key_added`` without ``"X_"``) is
-#: one of them.
-SCANPY_UNS_KEYS = frozenset(
-    {
-        "pca",
-        "umap",
-        "tsne",
-        "diffmap_evals",
-        "draw_graph",
-        "neighbors",
-        "leiden",
-        "louvain",
-        "paga",
-        "rank_genes_groups",
-        "dendrogram",
-        "hvg",
-        "log1p",
-        "iroot",
-    }
-)
-#: ``obs`` columns written by scanpy (clustering, pseudotime, quality control, doublets).
-#: ``tl.finetune`` and ``tl.predict`` refuse them as ``key_added``.
-SCANPY_OBS_KEYS = frozenset(
-    {
-        "leiden",
-        "louvain",
-        "dpt_pseudotime",
-        "dpt_groups",
-        "dpt_order",
-        "dpt_order_indices",
-        "n_genes",
-        "n_counts",
-        "n_genes_by_counts",
-        "total_counts",
-        "log1p_n_genes_by_counts",
-        "log1p_total_counts",
-        "doublet_score",
-        "predicted_doublet",
-    }
-)
 
 
 def check_embed_key(key_added) -> None:
@@ -96,20 +37,20 @@ def check_embed_key(key_added) -> None:
     uns_key = uns_key_for(key_added)
     if key_added in SCANPY_OBSM_KEYS or key_added.startswith(SCANPY_OBSM_PREFIXES):
         owner = f"obsm[{key_added!r}]"
-    elif uns_key in SCANPY_UNS_KEYS or uns_key.endswith("_colors"):
+    elif uns_key in SCANPY_UNS_KEYS or uns_key.endswith(COLORS_SUFFIX):
         owner = f"uns[{uns_key!r}] (where tl.embed would write its parameters)"
-    elif uns_key.endswith("_finetune"):
+    elif is_finetune_uns_key(uns_key):
         raise ValueError(
             f"key_added={key_added!r} would write tl.embed's parameters into uns[{uns_key!r}], "
             "where tl.finetune keeps its records. Choose another name, e.g. the default "
-            f"{DEFAULT_KEY!r}."
+            f"{EMBEDDING_KEY!r}."
         )
     else:
         return
     raise ValueError(
         f"key_added={key_added!r} is not allowed: {owner} belongs to scanpy, and writing there "
         "would replace or contradict its results. Choose another name, e.g. the default "
-        f"{DEFAULT_KEY!r} or 'X_bulkrnabert_<something>'."
+        f"{EMBEDDING_KEY!r} or 'X_bulkrnabert_<something>'."
     )
 
 
@@ -261,7 +202,7 @@ def embed(
     mod: str = "rna",
     embedding_layer: int = -1,
     batch_size: int = 8,
-    key_added: str = DEFAULT_KEY,
+    key_added: str = EMBEDDING_KEY,
     copy: bool = False,
     progress: bool = True,
 ) -> AnnData | Any | None:

@@ -38,11 +38,18 @@ import pandas as pd
 from flax import nnx
 
 from .._anndata import get_modality
+from .._keys import (
+    EMBEDDING_KEY,
+    EMBEDDING_UNS_KEY,
+    PROBA_SUFFIX,
+    SCANPY_OBS_KEYS,
+    SURVIVAL_SUFFIX,
+    finetune_uns_key,
+    prediction_key,
+)
 from .._logging import user_stacklevel
 from .._validation import check_layer_index, check_positive_int
 from ..training.finetuned import (
-    EMBEDDING_KEY,
-    EMBEDDING_UNS_KEY,
     LOSSES,
     EncoderWithHead,
     FinetunedModel,
@@ -73,8 +80,8 @@ from ..training.targets import (
     obs_column,
     survival_targets,
 )
-from ._embed import SCANPY_OBS_KEYS, HashingBatches, check_data, stale_reason, warn_overwrite
-from ._risk_groups import UNS_SUFFIX, finetune_records  # noqa: F401 (re-exported)
+from ._embed import HashingBatches, check_data, stale_reason, warn_overwrite
+from ._risk_groups import finetune_records  # noqa: F401 (re-exported)
 
 __all__ = ["FinetunedModel", "finetune", "load_finetuned", "predict"]
 
@@ -93,9 +100,6 @@ DEFAULT_WEIGHT_DECAY = 1e-4
 DEFAULT_VALIDATION_FRACTION = 0.2
 #: Inner cross-validation folds of the probe (L2 strength or epoch count).
 DEFAULT_INNER_FOLDS = 5
-#: Suffixes of the fields written for a key (see prediction_fields).
-PROBA_SUFFIX = "_proba"
-SURVIVAL_SUFFIX = "_survival"
 
 
 def finetune(
@@ -1192,11 +1196,10 @@ def _drop_none(values: dict) -> dict:
 def prediction_fields(model: FinetunedModel, key_added: str | None) -> dict[str, str]:
     """Where a model's predictions go: ``obs``, ``obsm`` (probabilities, survival), ``uns``."""
     if key_added is None:
-        suffix = "_bulkrnabert" if model.task == "classification" else "_bulkrnabert_risk"
-        key = f"{model.obs_key}{suffix}"
+        key = prediction_key(model.obs_key, model.task)
     else:
         key = key_added
-    fields = {"obs": key, "uns": f"{key}{UNS_SUFFIX}"}
+    fields = {"obs": key, "uns": finetune_uns_key(key)}
     if model.task == "classification":
         fields["obsm"] = f"{key}{PROBA_SUFFIX}"
     else:

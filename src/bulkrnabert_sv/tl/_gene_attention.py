@@ -11,6 +11,7 @@ import numpy as np
 
 from .. import _logging as logg
 from .._anndata import get_modality
+from .._keys import ATTENTION_KEY
 from .._validation import check_layer_index, check_positive_int
 from .._version import __version__
 from ._embed import check_data
@@ -34,7 +35,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from ..model import BulkRNABert
 
-DEFAULT_KEY = "bulkrnabert_attention"
 HEADS = ("mean", "keep")
 
 
@@ -84,7 +84,7 @@ def gene_attention(
     batch_size: int = 1,
     block_size: int | None = None,
     n_top: int = 50,
-    key_added: str = DEFAULT_KEY,
+    key_added: str = ATTENTION_KEY,
     copy: bool = False,
     progress: bool = True,
 ) -> AnnData | Any | None:

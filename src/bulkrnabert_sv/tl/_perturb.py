@@ -10,6 +10,7 @@ import pandas as pd
 
 from .. import _logging as logg
 from .._anndata import get_modality
+from .._keys import PERTURB_KEY
 from .._validation import check_positive_int
 from .._version import __version__
 from ._embed import check_data
@@ -26,7 +27,6 @@ from ._interpret import (
 if TYPE_CHECKING:  # pragma: no cover
     from anndata import AnnData
 
-DEFAULT_KEY = "bulkrnabert_perturb"
 MODES = ("delete", "overexpress")
 
 
@@ -124,7 +124,7 @@ def perturb(
     gene_key: str | None = None,
     mod: str = "rna",
     batch_size: int = 8,
-    key_added: str = DEFAULT_KEY,
+    key_added: str = PERTURB_KEY,
     copy: bool = False,
     progress: bool = True,
 ) -> AnnData | Any | None:

@@ -29,6 +29,7 @@ from flax import nnx
 
 from .._files import FINETUNED_BACKBONE_DIR as BACKBONE_DIR
 from .._files import FINETUNED_META_FILE as META_FILE
+from .._keys import EMBEDDING_KEY, EMBEDDING_UNS_KEY, RISK_COLUMN
 from .survival import cox_negative_log_likelihood
 from .targets import TASKS
 
@@ -39,10 +40,6 @@ COMBINE = ("probabilities", "mean")
 HEAD_FILE = "head.safetensors"
 #: How the encoder was fine-tuned (see tl.finetune).
 METHODS = ("probe", "ia3", "full")
-#: Where ``tl.embed`` writes sample embeddings and its parameters.
-EMBEDDING_KEY = "X_bulkrnabert"
-EMBEDDING_UNS_KEY = "bulkrnabert"
-RISK_COLUMN = "risk"
 
 
 # ------------------------------------------------------------------------------------ losses
