@@ -8,12 +8,12 @@ separate against PCA of log TPM on the same samples, and write the ``.h5ad`` and
 from __future__ import annotations
 
 import dataclasses
-import os
 from pathlib import Path
 
 import numpy as np
 
 from ._keys import EMBEDDING_KEY, EMBEDDING_UNS_KEY
+from ._settings import DEFAULT_REPO, MODEL_ENV, env
 
 #: Seconds to wait for the Hugging Face Hub's answer before falling back on the compact model.
 HUB_TIMEOUT_S = 5.0
@@ -33,7 +33,7 @@ class ModelChoice:
 def choose_model(
     source: str | None = None, *, revision: str | None = None, allow_pickle: bool = False
 ) -> ModelChoice:
-    """The model named by ``source`` (or ``$BULKRNABERT_MODEL``); else the published weights
+    """The model named by ``source`` (or ``$BULKRNABERT_SV_MODEL``); else the published weights
     from the Hugging Face cache or network (waiting at most :data:`HUB_TIMEOUT_S`); else the
     bundled compact model.
 
@@ -41,16 +41,16 @@ def choose_model(
     silently replaced.
     """
     from .model import CheckpointError, load_model
-    from .model.loading import DEFAULT_REPO, MODEL_ENV, _snapshot_revision, download
+    from .model.loading import load_resolved, resolve_source
     from .model.vocabulary import COMPACT_SOURCE
 
-    named = source or os.environ.get(MODEL_ENV)
+    named = source or env(MODEL_ENV)
     if named:
         model = load_model(named, revision=revision, allow_pickle=allow_pickle)
         return ModelChoice(model, f"model: {model.source} (as asked)")
     try:
-        folder = download(DEFAULT_REPO, revision=revision, etag_timeout=HUB_TIMEOUT_S)
-        model = load_model(folder)
+        resolved = resolve_source(DEFAULT_REPO, revision=revision, etag_timeout=HUB_TIMEOUT_S)
+        model = load_resolved(resolved)
     except CheckpointError as error:
         reason = str(error).splitlines()[0]
         model = load_model(COMPACT_SOURCE)
@@ -59,9 +59,9 @@ def choose_model(
             f"model: compact (bundled with bulkrnabert-sv, {model.config.n_genes} genes, our "
             f"own weights), because the published weights could not be had: {reason}",
         )
-    model.source = DEFAULT_REPO
-    model.revision = revision or _snapshot_revision(folder)
-    return ModelChoice(model, f"model: {DEFAULT_REPO} (the published weights, from {folder})")
+    return ModelChoice(
+        model, f"model: {DEFAULT_REPO} (the published weights, from {resolved.folder})"
+    )
 
 
 def cohort_separation(representation: np.ndarray, labels) -> dict[str, float]:

@@ -103,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
             "Embed the 48 TCGA tumours of five cohorts shipped with the package, print how well "
             "the cohorts separate (5-NN leave-one-out accuracy, silhouette) next to PCA of log "
             "TPM on the same samples, and write OUTPUT (.h5ad) and OUTPUT_umap.png. The model: "
-            "--model (or $BULKRNABERT_MODEL) when given; else the published weights from the "
+            "--model (or $BULKRNABERT_SV_MODEL) when given; else the published weights from the "
             "Hugging Face cache or network (5 s timeout); else the bundled compact model, which "
             "works offline. One line says which model was used and why."
         ),
@@ -139,7 +139,7 @@ def _model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
         help=(
-            "Hugging Face repo id or checkpoint folder (default: $BULKRNABERT_MODEL, else "
+            "Hugging Face repo id or checkpoint folder (default: $BULKRNABERT_SV_MODEL, else "
             "InstaDeepAI/BulkRNABert)"
         ),
     )
@@ -628,36 +628,6 @@ def _require_genes(model) -> None:
             f"model.save) or, in the Hugging Face layout, its {HF_GENES_FILE}",
             EXIT_MODEL,
         )
-
-
-def _model_folder(args) -> tuple[Path, object]:
-    """The checkpoint folder (downloaded if a repo id) and the model loaded from it."""
-    from .model import CheckpointError, load_model
-    from .model.loading import _looks_like_repo_id, _snapshot_revision, default_source, download
-
-    source = args.model or default_source()
-    path = Path(os.path.expanduser(str(source)))
-    try:
-        if path.is_dir():
-            folder = path
-            model = load_model(folder, allow_pickle=args.allow_pickle)
-        elif _looks_like_repo_id(str(source)):
-            folder = download(str(source), revision=args.revision)
-            model = load_model(folder)
-            model.source = str(source)
-            model.revision = args.revision or _snapshot_revision(folder)
-        else:
-            model = load_model(source)  # raises a CheckpointError naming the problem
-            folder = path
-    except (CheckpointError, OSError, ValueError) as error:
-        raise CliError(
-            f"could not load the model: {error}\nProvide it with --model /path/to/folder (the "
-            "Hugging Face repo layout) or $BULKRNABERT_MODEL, or download it once with "
-            "`hf download InstaDeepAI/BulkRNABert`.",
-            EXIT_MODEL,
-        ) from error
-    _require_genes(model)
-    return folder, model
 
 
 # ------------------------------------------------------------------------------------ demo

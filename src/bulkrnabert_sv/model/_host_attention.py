@@ -43,6 +43,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from .._settings import HOST_KERNEL_ENV, NUM_THREADS_ENV, env
 from ._simd_kernels import EXP2_COEFFICIENTS, EXP2_MIN, LANES, PANEL, QK_ROWS
 
 try:  # numba is a dependency of scanpy, hence of this package, but keep the import soft.
@@ -88,8 +89,8 @@ def available() -> bool:
 
 
 def num_threads() -> int:
-    """Worker threads: ``BULKRNABERT_SV_NUM_THREADS`` or the CPUs this process may use."""
-    value = os.environ.get("BULKRNABERT_SV_NUM_THREADS")
+    """Worker threads: ``$BULKRNABERT_SV_NUM_THREADS`` or the CPUs this process may use."""
+    value = env(NUM_THREADS_ENV)
     if value:
         return max(1, int(value))
     try:
@@ -521,7 +522,7 @@ def resolve_kernel(kernel: str | None, head_dim: int) -> str:
     """
     from . import _simd_kernels
 
-    kernel = kernel or os.environ.get("BULKRNABERT_SV_HOST_KERNEL", "auto")
+    kernel = kernel or env(HOST_KERNEL_ENV) or "auto"
     if kernel not in KERNELS:
         raise ValueError(f"Unknown host attention kernel {kernel!r}; choose one of {KERNELS}.")
     if kernel == "blas":

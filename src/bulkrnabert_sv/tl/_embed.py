@@ -222,7 +222,7 @@ def embed(
     model
         A loaded :class:`~bulkrnabert_sv.model.BulkRNABert` or a source for
         :func:`~bulkrnabert_sv.load_model`: a Hugging Face repo id or a checkpoint folder.
-        Default: ``$BULKRNABERT_MODEL`` if set, else ``"InstaDeepAI/BulkRNABert"``.
+        Default: ``$BULKRNABERT_SV_MODEL`` if set, else ``"InstaDeepAI/BulkRNABert"``.
     layer
         The layer of ``data`` holding TPM (default ``X``).
     gene_key

@@ -160,7 +160,7 @@ def finetune(
     model
         A :class:`~bulkrnabert_sv.model.BulkRNABert` or anything
         :func:`~bulkrnabert_sv.load_model` accepts (hub id, folder). Default:
-        ``$BULKRNABERT_MODEL`` if set, else ``"InstaDeepAI/BulkRNABert"``. It is never modified.
+        ``$BULKRNABERT_SV_MODEL`` if set, else ``"InstaDeepAI/BulkRNABert"``. It is never modified.
     head
         ``"linear"`` (probe only): ridge logistic regression (multinomial) or a ridge Cox model
         on the standardised embeddings, fitted to convergence (scikit-learn's lbfgs; Newton's

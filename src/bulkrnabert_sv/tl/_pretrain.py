@@ -20,7 +20,7 @@ from .. import _logging as logg
 from .._anndata import get_modality
 from .._files import PRETRAIN_FINAL_MODEL_DIR as FINAL_MODEL_DIR
 from ..model import PRESETS, BulkRNABert, BulkRNABertConfig, CheckpointError, load_model
-from ..model.loading import _looks_like_repo_id
+from ..model.loading import looks_like_repo_id
 from ..pp._align import strip_ensembl_version
 from ..pp._tokens import token_batches
 from ..training import sharding as shard
@@ -469,7 +469,7 @@ def _load(source: str | os.PathLike) -> BulkRNABert:
     except CheckpointError:
         text = str(source)
         if isinstance(source, str) and not Path(text).expanduser().exists():
-            if not _looks_like_repo_id(text):
+            if not looks_like_repo_id(text):
                 raise ValueError(
                     f"model={source!r} is not a preset name (one of {sorted(PRESETS)}), an "
                     "existing checkpoint folder or a Hugging Face repo id (like "
