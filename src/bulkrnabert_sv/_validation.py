@@ -41,3 +41,19 @@ def check_layer_index(value, name: str = "embedding_layer") -> int:
             f"{value!r} ({type(value).__name__}). Pass an int, e.g. {name}=-1."
         )
     return int(value)
+
+
+def check_int_at_least(value, name: str, minimum: int) -> int:
+    """``value`` as an ``int`` if it is an integer >= ``minimum`` (``bool`` excluded).
+
+    For settings whose message states the bound (``"inner_folds must be an integer >= 2"``):
+    one :class:`ValueError` whatever is wrong, unlike :func:`check_positive_int`.
+
+    Raises
+    ------
+    ValueError
+        ``value`` is not an integer, or is below ``minimum``.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
+    return int(value)

@@ -152,13 +152,13 @@ def _model_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _positive_int(text: str) -> int:
+    """An argparse ``type``: the text of a positive integer (see ``check_positive_int``)."""
+    from ._validation import check_positive_int
+
     try:
-        value = int(text)
+        return check_positive_int(int(text), "the value")
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,7 +21,7 @@ from .._keys import (
     is_finetune_uns_key,
     uns_key_for,
 )
-from .._validation import check_layer_index
+from .._validation import check_layer_index, check_positive_int
 from .._version import __version__
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -385,10 +385,7 @@ def _check_backed(adata, *, copy: bool) -> None:
 
 
 def _check_arguments(*, batch_size: int, key_added: str) -> None:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer):
-        raise TypeError(f"batch_size must be an integer, got {batch_size!r}.")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+    check_positive_int(batch_size, "batch_size")
     if not isinstance(key_added, str) or not key_added:
         raise ValueError(f"key_added must be a non-empty string, got {key_added!r}.")
 

@@ -48,7 +48,7 @@ from .._keys import (
     prediction_key,
 )
 from .._logging import user_stacklevel
-from .._validation import check_layer_index, check_positive_int
+from .._validation import check_int_at_least, check_layer_index, check_positive_int
 from ..training.finetuned import (
     LOSSES,
     EncoderWithHead,
@@ -838,12 +838,6 @@ def _finetuned_model(model) -> FinetunedModel:
 
 
 # ---------------------------------------------------------------------------------- helpers
-def _positive_int(name: str, value, minimum: int = 1) -> int:
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
-    return int(value)
-
-
 def _check_times(times) -> np.ndarray | None:
     if times is None:
         return None
@@ -923,7 +917,7 @@ def resolve_settings(
         if not grid or not all(np.isfinite(v) and v > 0 for v in grid):
             raise ValueError(f"l2 must be one value or several values > 0, got {l2!r}.")
         folds = DEFAULT_INNER_FOLDS if inner_folds is None else inner_folds
-        folds = 0 if folds == 0 else _positive_int("inner_folds", folds, 2)
+        folds = 0 if folds == 0 else check_int_at_least(folds, "inner_folds", 2)
         if folds == 0 and len(grid) > 1:
             raise ValueError(
                 "inner_folds=0 leaves nothing to choose l2 with: pass a single l2=<value>, or "
@@ -936,11 +930,11 @@ def resolve_settings(
                 "l2 is the linear head's penalty; the MLP head uses weight_decay (AdamW)."
             )
         defaults = DEFAULTS[method]
-        settings["epochs"] = _positive_int(
-            "epochs", defaults["epochs"] if epochs is None else epochs
+        settings["epochs"] = check_int_at_least(
+            defaults["epochs"] if epochs is None else epochs, "epochs", 1
         )
-        settings["batch_size"] = _positive_int(
-            "batch_size", defaults["batch_size"] if batch_size is None else batch_size
+        settings["batch_size"] = check_int_at_least(
+            defaults["batch_size"] if batch_size is None else batch_size, "batch_size", 1
         )
         rate = defaults["learning_rate"] if learning_rate is None else learning_rate
         if not (isinstance(rate, numbers.Real) and np.isfinite(rate) and rate > 0):
@@ -957,7 +951,7 @@ def resolve_settings(
         settings["layer_norm"] = bool(layer_norm)
         if method == "probe":
             folds = DEFAULT_INNER_FOLDS if inner_folds is None else inner_folds
-            folds = 0 if folds == 0 else _positive_int("inner_folds", folds, 2)
+            folds = 0 if folds == 0 else check_int_at_least(folds, "inner_folds", 2)
             if folds and validation_fraction is not None:
                 raise ValueError(
                     "validation_fraction is for one validation split; the probe's MLP chooses "
@@ -983,9 +977,11 @@ def resolve_settings(
             )
         settings["validation_fraction"] = float(fraction)
         if early_stopping is not None:
-            early_stopping = _positive_int("early_stopping (a patience in epochs)", early_stopping)
+            early_stopping = check_int_at_least(
+                early_stopping, "early_stopping (a patience in epochs)", 1
+            )
         settings["early_stopping"] = early_stopping
-    settings["n_seeds"] = _positive_int("n_seeds", n_seeds)
+    settings["n_seeds"] = check_int_at_least(n_seeds, "n_seeds", 1)
     if settings["n_seeds"] > 1 and method != "probe":
         raise ValueError(
             f"n_seeds is for method='probe'; averaging over seeds would train the encoder "
@@ -994,7 +990,7 @@ def resolve_settings(
     settings["survival_times"] = _check_times(survival_times)
     if settings["survival_times"] is not None and (task == "classification" or class_weight):
         raise ValueError("survival_times is for survival models; drop it for classification.")
-    _positive_int("inference_batch_size", inference_batch_size)
+    check_int_at_least(inference_batch_size, "inference_batch_size", 1)
     _check_key_added(key_added, obs_key, event_key)
     return settings
 

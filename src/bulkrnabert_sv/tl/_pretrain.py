@@ -19,6 +19,7 @@ from flax import nnx
 from .. import _logging as logg
 from .._anndata import get_modality
 from .._files import PRETRAIN_FINAL_MODEL_DIR as FINAL_MODEL_DIR
+from .._validation import check_int_at_least
 from ..model import PRESETS, BulkRNABert, BulkRNABertConfig, CheckpointError, load_model
 from ..model.loading import looks_like_repo_id
 from ..pp._align import strip_ensembl_version
@@ -327,10 +328,7 @@ def pretrain(
 # ------------------------------------------------------------------------------------ settings
 def _check_settings(**values) -> dict:
     def positive_int(name: str, minimum: int = 1) -> int:
-        value = values[name]
-        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
-            raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
-        return int(value)
+        return check_int_at_least(values[name], name, minimum)
 
     out = {"mask_rate": check_mask_rate(values["mask_rate"])}
     for name in ("steps", "batch_size", "gradient_accumulation", "checkpoint_every"):
