@@ -39,8 +39,9 @@ import jax
 import jax.numpy as jnp
 
 from .._logging import user_stacklevel
+from .config import ATTENTION_IMPLEMENTATIONS
 
-IMPLEMENTATIONS = ("auto", "xla", "blockwise", "blockwise_host", "blockwise_jax", "cudnn")
+IMPLEMENTATIONS = ATTENTION_IMPLEMENTATIONS
 #: (query, key) tile sizes of the pure-JAX loops on a CPU (fastest on a 2-core AVX2 CPU).
 JAX_BLOCKS_CPU = (256, 256)
 #: (query, key) tile sizes of the pure-JAX loops on an accelerator. On an H200 in float32 one
