@@ -282,8 +282,7 @@ if _HAVE_NUMBA:
 
 if _HAVE_NUMBA:
     # The micro-kernels (specialised for the head size when _simd_tasks is compiled). numba's disk
-    # cache watches only the calling function's file: after editing _simd_kernels.py, clear this
-    # package's __pycache__/*.nbi (a fresh install or checkout has none).
+    # cache watches only the calling function's file (see docs/architecture.md).
     from ._simd_kernels import make_pv_kernel, make_qk_kernel
 
     _QK_RAW = make_qk_kernel(QK_ROWS, "raw", THRESHOLD)
@@ -507,7 +506,7 @@ def _blas_single_thread():
 KERNELS = ("auto", "simd", "blas")
 #: Default tiles per kernel: (query rows per task, keys per tile). A ``"simd"`` task reads every
 #: key block of its head from the last-level cache once and then reuses it from L2 for each of its
-#: 48-row tiles: 960 rows (20 tiles) were 3-5% faster than 240 at full size.
+#: 48-row tiles (20 tiles of 960 rows; docs/benchmarks.md compares task sizes).
 DEFAULT_BLOCKS = {"simd": (960, 512), "blas": (256, 512)}
 #: Query rows of one probability tile of the ``"simd"`` kernel: a 48 x 512 float32 tile is
 #: 96 KiB, a fifth of a 512 KiB L2 cache, next to one key block's panels and values.
@@ -546,7 +545,7 @@ def _run_tasks(function, args: tuple, tasks: int, threads: int | None) -> None:
     idle thread takes the next set, so that a thread slowed by other work on the machine takes
     fewer of them. Sets are interleaved rather than contiguous so that the threads work on the
     same head at the same time and share its keys and values in the last-level cache (contiguous
-    ranges made a full-size layer 13% slower). BLAS is limited to one thread meanwhile. Tasks
+    ranges were slower: docs/benchmarks.md). BLAS is limited to one thread meanwhile. Tasks
     write disjoint outputs, so the result does not depend on which thread ran which set.
     """
     workers = max(1, min(threads or num_threads(), tasks))

@@ -1,6 +1,6 @@
 """The BulkRNABert encoder and its LM head as Flax NNX modules.
 
-Forward pass (see ``shared/reference/bulkrnabert.md``)::
+Forward pass (Gélard et al., ML4H 2024; docs/model_card.md)::
 
     x = ExprEmbed[tokens] + Linear(GeneEmbed[arange(n_genes)])
     for each block:  h = x + Wo·MHA(LN1(x));  x = h + fc2(gelu(fc1(LN2(h))))
