@@ -366,7 +366,7 @@ def test_attribution_of_a_survival_model(encoder, cohort):
 
 def _all_zero_embedding(tuned):
     tokens = np.zeros((1, tuned.encoder.config.n_genes), np.int32)
-    return tuned.encoder.mean_embedding(tokens, layer=tuned.embedding_layer)
+    return tuned.encoder.mean_embedding(tokens, block=tuned.embedding_layer)
 
 
 def test_attribute_refuses_bad_arguments(tuned, encoder, cohort):

@@ -314,9 +314,9 @@ def embed(
         )
     if not isinstance(model, BulkRNABert):
         model = load_model(model)
-    resolved_layer = model._resolve_layer(embedding_layer)
+    embedding_block = model.resolve_block(embedding_layer)
     start = logg.info(
-        f"computing BulkRNABert embeddings of {adata.n_obs} samples (block {resolved_layer} of "
+        f"computing BulkRNABert embeddings of {adata.n_obs} samples (block {embedding_block} of "
         f"{model.config.num_layers}, mean over {model.config.n_genes} genes)"
     )
     batches = HashingBatches(
@@ -329,13 +329,13 @@ def embed(
             f"{'var_names' if gene_key is None else f'var[{gene_key!r}]'} "
             f"({100 * alignment.coverage:.1f}%); model {model!r}"
         )
-    embeddings = embed_tokens(model, batches, layer=resolved_layer, progress=progress)
+    embeddings = embed_tokens(model, batches, block=embedding_block, progress=progress)
     params = {
         "model": str(model.source) if model.source is not None else "in-memory model",
         "revision": str(model.revision) if model.revision is not None else "",
         "layer": "X" if layer is None else layer,
         "gene_key": "var_names" if gene_key is None else gene_key,
-        "embedding_layer": int(resolved_layer),
+        "embedding_layer": int(embedding_block),
         "pooling": "mean",
         "normalization_factor": float(model.config.normalization_factor),
         "n_genes": int(model.config.n_genes),

@@ -321,7 +321,7 @@ def finetune(
     check_inputs(targets, settings, obs_key)
 
     encoder = nnx.clone(_load_encoder(model))
-    depth = encoder._resolve_layer(check_layer_index(embedding_layer))
+    embedding_block = encoder.resolve_block(check_layer_index(embedding_layer))
     n_outputs = len(targets.classes) if task == "classification" else 1
     info: dict = {"reused_embeddings": False}
 
@@ -329,7 +329,7 @@ def finetune(
         embeddings = _stored_or_embed(
             encoder,
             data,
-            depth,
+            embedding_block,
             layer=layer,
             gene_key=gene_key,
             mod=mod,
@@ -376,9 +376,9 @@ def finetune(
         tokens = np.zeros((batches.n_obs, encoder.config.n_genes), dtype=np.int32)
         for start, stop, block in batches:
             tokens[start:stop] = block
-        bundle = EncoderWithHead(encoder, head_module, depth)
-        graphdef, params, frozen = nnx.split(bundle, _trainable(method, depth), ...)
-        key = (method, task, *structure_key(encoder), depth, head_key(head_module))
+        bundle = EncoderWithHead(encoder, head_module, embedding_block)
+        graphdef, params, frozen = nnx.split(bundle, _trainable(method, embedding_block), ...)
+        key = (method, task, *structure_key(encoder), embedding_block, head_key(head_module))
         trainer = _trainer(key, graphdef, task)
 
         def trained_modules(params):
@@ -395,7 +395,7 @@ def finetune(
                 embed_tokens(
                     tuned_encoder,
                     batches,
-                    embedding_layer=depth,
+                    embedding_layer=embedding_block,
                     batch_size=inference_batch_size,
                     progress=False,
                 ),
@@ -422,7 +422,7 @@ def finetune(
         embeddings = embed_tokens(
             final_encoder,
             _ArrayBatches(tokens, inference_batch_size),
-            embedding_layer=depth,
+            embedding_layer=embedding_block,
             batch_size=inference_batch_size,
             progress=progress,
         )
@@ -453,7 +453,7 @@ def finetune(
         "event_key": event_key,
         "model": encoder.source,
         "revision": encoder.revision,
-        "embedding_layer": depth,
+        "embedding_layer": embedding_block,
         "class_weight": targets.class_weights,
         "random_state": int(random_state),
         "layer": layer,
@@ -478,7 +478,7 @@ def finetune(
         classes=targets.classes,
         obs_key=obs_key,
         event_key=event_key,
-        embedding_layer=depth,
+        embedding_layer=embedding_block,
         params=_drop_none(params_record),
         metrics=metrics,
         history=fit.history,
@@ -1076,7 +1076,7 @@ def _load_encoder(model):
 
 
 def _stored_or_embed(
-    encoder, data, depth, *, layer, gene_key, mod, batch_size, progress, info, function
+    encoder, data, embedding_block, *, layer, gene_key, mod, batch_size, progress, info, function
 ):
     """``obsm["X_bulkrnabert"]`` if still valid for ``encoder`` and the data, else new embeddings.
 
@@ -1088,7 +1088,7 @@ def _stored_or_embed(
     from ..pp._tokens import token_batches
 
     adata = get_modality(data, mod)
-    stored = stored_embeddings(adata, encoder, depth, layer, gene_key)
+    stored = stored_embeddings(adata, encoder, embedding_block, layer, gene_key)
     batches = HashingBatches(
         token_batches(data, encoder, layer=layer, gene_key=gene_key, mod=mod, batch_size=batch_size)
     )
@@ -1106,7 +1106,7 @@ def _stored_or_embed(
             stacklevel=user_stacklevel(),
         )
     return embed_tokens(
-        encoder, batches, embedding_layer=depth, batch_size=batch_size, progress=progress
+        encoder, batches, embedding_layer=embedding_block, batch_size=batch_size, progress=progress
     )
 
 
@@ -1127,7 +1127,7 @@ class _ArrayBatches:
             yield start, stop, self.tokens[start:stop]
 
 
-def _trainable(method: str, depth: int):
+def _trainable(method: str, embedding_block: int):
     """Which variables of ``EncoderWithHead`` are trained (the rest stays frozen)."""
     from ..model import IA3Param, MaskEmbeddingParam
 
@@ -1137,7 +1137,7 @@ def _trainable(method: str, depth: int):
         if path[0] == "head":
             return True
         # Encoder: the LM head and blocks above the embedding layer get no gradient.
-        if path[1] == "lm_head" or (path[1] == "layers" and int(path[2]) >= depth):
+        if path[1] == "lm_head" or (path[1] == "layers" and int(path[2]) >= embedding_block):
             return False
         return isinstance(variable, IA3Param) if method == "ia3" else True
 

@@ -63,7 +63,7 @@ def resolve_blocks(model, layers) -> tuple[int, ...]:
         layers = [layers]
     resolved: list[int] = []
     for k in layers:
-        k = model._resolve_layer(check_layer_index(k, "layers"))
+        k = model.resolve_block(check_layer_index(k, "layers"))
         if k not in resolved:
             resolved.append(k)
     if not resolved:

@@ -218,7 +218,9 @@ def perturb(
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}.")
     tuned = model if isinstance(model, FinetunedModel) else None
     encoder = tuned.encoder if tuned is not None else load_encoder(model, "tl.perturb")
-    depth = tuned.embedding_layer if tuned is not None else encoder._resolve_layer(embedding_layer)
+    embedding_block = (
+        tuned.embedding_layer if tuned is not None else encoder.resolve_block(embedding_layer)
+    )
     n_bins = encoder.config.n_expressions_bins
     if mode == "delete":
         if token is not None:
@@ -237,7 +239,7 @@ def perturb(
         f"perturbing {len(sets)} gene{' set' if any(len(v) > 1 for v in sets.values()) else ''}"
         f"{'s' if len(sets) > 1 else ''} ({mode}) in {adata.n_obs} samples"
     )
-    embed = lambda t: embed_token_array(encoder, t, layer=depth, batch_size=batch_size)  # noqa: E731
+    embed = lambda t: embed_token_array(encoder, t, block=embedding_block, batch_size=batch_size)  # noqa: E731
     reference = embed(tokens)
     reference_out = tuned.outputs(reference) if tuned is not None else None
     shifts = np.zeros((adata.n_obs, len(sets)), np.float64)
@@ -304,7 +306,7 @@ def perturb(
         **model_record(encoder),
         "mode": mode,
         "token": int(value),
-        "embedding_layer": int(depth),
+        "embedding_layer": int(embedding_block),
         "finetuned": tuned is not None,
         "task": "" if tuned is None else tuned.task,
         "gene_coverage": float(alignment.coverage),

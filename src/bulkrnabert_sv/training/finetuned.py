@@ -71,7 +71,7 @@ class EncoderWithHead(nnx.Module):
         self.embedding_layer = embedding_layer
 
     def __call__(self, tokens):
-        return self.head(self.encoder.mean_embedding(tokens, layer=self.embedding_layer))
+        return self.head(self.encoder.mean_embedding(tokens, block=self.embedding_layer))
 
 
 class HeadEnsemble(nnx.Module):
@@ -145,7 +145,7 @@ def embed_tokens(encoder, batches, *, embedding_layer: int, batch_size: int, pro
     from .inference import embed_tokens as _embed_tokens
 
     return _embed_tokens(
-        encoder, batches, layer=embedding_layer, batch_size=batch_size, progress=progress
+        encoder, batches, block=embedding_layer, batch_size=batch_size, progress=progress
     )
 
 
@@ -184,8 +184,8 @@ def stored_embeddings(
     if (params.get("revision") or None) != (encoder.revision or None):
         return None
     try:
-        same_layer = encoder._resolve_layer(int(params.get("embedding_layer", -1))) == (
-            encoder._resolve_layer(embedding_layer)
+        same_layer = encoder.resolve_block(int(params.get("embedding_layer", -1))) == (
+            encoder.resolve_block(embedding_layer)
         )
     except (TypeError, ValueError):
         return None

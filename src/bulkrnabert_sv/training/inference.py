@@ -23,10 +23,10 @@ from .._validation import check_layer_index, check_positive_int
 from .sharding import batch_sharding, data_mesh, replicated
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "layer"))
-def _mean_embedding(graphdef, state, tokens, *, layer: int):
-    # Compiled once per (model structure, layer, batch shape, sharding); jax caches it.
-    return nnx.merge(graphdef, state).mean_embedding(tokens, layer=layer)
+@functools.partial(jax.jit, static_argnames=("graphdef", "block"))
+def _mean_embedding(graphdef, state, tokens, *, block: int):
+    # Compiled once per (model structure, block, batch shape, sharding); jax caches it.
+    return nnx.merge(graphdef, state).mean_embedding(tokens, block=block)
 
 
 class _Runner:
@@ -40,12 +40,12 @@ class _Runner:
         self,
         model,
         *,
-        layer: int,
+        block: int,
         batch_size: int,
         devices: Sequence | None,
         n_obs: int | None = None,
     ):
-        self.layer = model._resolve_layer(check_layer_index(layer, "layer"))
+        self.block = model.resolve_block(check_layer_index(block, "block"))
         self.n_genes = model.config.n_genes
         devices = list(jax.local_devices() if devices is None else devices)
         self.n_devices = len(devices)
@@ -74,7 +74,7 @@ class _Runner:
         if n < size:  # pad with zeros (not expressed); padded rows are sliced away
             tokens = np.concatenate([tokens, np.zeros((size - n, self.n_genes), np.int32)])
         placed = jax.device_put(tokens, self.token_sharding)
-        return _mean_embedding(self.graphdef, self.state, placed, layer=self.layer), n
+        return _mean_embedding(self.graphdef, self.state, placed, block=self.block), n
 
     def padded_size(self, n: int) -> int:
         """Rows fed to the model for a batch of ``n`` rows.
@@ -94,7 +94,7 @@ def embed_tokens(
     model,
     batches: Iterable[tuple[int, int, np.ndarray]],
     *,
-    layer: int = -1,
+    block: int = -1,
     progress: bool = True,
     n_obs: int | None = None,
     batch_size: int | None = None,
@@ -110,7 +110,7 @@ def embed_tokens(
     batches
         Iterable of ``(start, stop, tokens)`` with int32 tokens (stop - start, n_genes), e.g.
         :func:`bulkrnabert_sv.pp._tokens.token_batches`. Batches may come in any order.
-    layer
+    block
         Transformer block whose output is averaged over genes (1-indexed; -1 = last).
     progress
         Show a progress bar (samples).
@@ -129,7 +129,7 @@ def embed_tokens(
     """
     from .._logging import progress_bar
 
-    check_layer_index(layer, "layer")
+    check_layer_index(block, "block")
     n_obs = getattr(batches, "n_obs", None) if n_obs is None else n_obs
     batch_size = getattr(batches, "batch_size", None) if batch_size is None else batch_size
     if batch_size is not None:
@@ -140,7 +140,7 @@ def embed_tokens(
         return np.zeros((n_obs or 0, model.config.embed_dim), dtype=np.float32)
     runner = _Runner(
         model,
-        layer=layer,
+        block=block,
         batch_size=batch_size or max(len(first[2]), 1),
         devices=devices,
         n_obs=n_obs,
@@ -184,7 +184,7 @@ def embed_token_array(
     model,
     tokens: np.ndarray,
     *,
-    layer: int = -1,
+    block: int = -1,
     batch_size: int = 8,
     progress: bool = False,
     devices: Sequence | None = None,
@@ -200,7 +200,7 @@ def embed_token_array(
     return embed_tokens(
         model,
         batches,
-        layer=layer,
+        block=block,
         progress=progress,
         n_obs=n,
         batch_size=batch_size,
