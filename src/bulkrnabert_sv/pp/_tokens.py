@@ -55,6 +55,13 @@ class TokenBatches:
         if report is not None:  # every batch read: one warning for the whole matrix
             report.warn(self.names)
 
+    def collect(self) -> np.ndarray:
+        """All rows' tokens at once, int32 (n_obs, n_genes), read one batch at a time."""
+        tokens = np.zeros((self.n_obs, self.model.config.n_genes), dtype=np.int32)
+        for start, stop, block in self:
+            tokens[start:stop] = block
+        return tokens
+
 
 def token_batches(
     data,
@@ -85,7 +92,4 @@ def token_batches(
 def all_tokens(data, model, **kwargs) -> tuple[np.ndarray, GeneAlignment]:
     """All tokens at once (n_obs, n_genes) int32, for small data sets and training."""
     batches = token_batches(data, model, **kwargs)
-    tokens = np.zeros((batches.n_obs, model.config.n_genes), dtype=np.int32)
-    for start, stop, block in batches:
-        tokens[start:stop] = block
-    return tokens, batches.alignment
+    return batches.collect(), batches.alignment

@@ -373,9 +373,7 @@ def finetune(
             data, encoder, layer=layer, gene_key=gene_key, mod=mod, batch_size=inference_batch_size
         )
         info["coverage"] = float(batches.alignment.coverage)
-        tokens = np.zeros((batches.n_obs, encoder.config.n_genes), dtype=np.int32)
-        for start, stop, block in batches:
-            tokens[start:stop] = block
+        tokens = batches.collect()
         bundle = EncoderWithHead(encoder, head_module, embedding_block)
         graphdef, params, frozen = nnx.split(bundle, _trainable(method, embedding_block), ...)
         key = (method, task, *structure_key(encoder), embedding_block, head_key(head_module))

@@ -25,6 +25,7 @@ from ..model.loading import looks_like_repo_id
 from ..pp._align import strip_ensembl_version
 from ..pp._tokens import token_batches
 from ..training import sharding as shard
+from ..training.fitting import decay_mask
 from ..training.masking import check_mask_rate, marginal_log_probs, masked_sums, sample_mask
 from ..training.pretrain_checkpoint import (
     Checkpointer,
@@ -394,10 +395,6 @@ def _schedule(settings: dict):
     )
 
 
-def _decay_mask(params):
-    return jax.tree.map(lambda p: p.ndim >= 2, params)
-
-
 def _is_key_bias(path) -> bool:
     return "attention.key.bias" in ".".join(key_name(entry) for entry in path)
 
@@ -420,7 +417,7 @@ def _optimizer(weight_decay: float, max_grad_norm: float | None) -> optax.Gradie
     parts = [optax.masked(optax.set_to_zero(), _frozen_mask)]
     if max_grad_norm is not None:
         parts.append(optax.clip_by_global_norm(max_grad_norm))
-    parts += [optax.scale_by_adam(), optax.add_decayed_weights(weight_decay, mask=_decay_mask)]
+    parts += [optax.scale_by_adam(), optax.add_decayed_weights(weight_decay, mask=decay_mask)]
     return optax.chain(*parts)
 
 
