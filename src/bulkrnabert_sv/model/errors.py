@@ -23,6 +23,7 @@ def checkpoint_error(source: str, problems: list[str], fixes: list[str] | None =
 
 
 def general_fixes(problems: list[str]) -> list[str]:
+    """What to do about ``problems`` when no loader knows better (damaged or mixed files)."""
     fixes = []
     if any(" NaN and " in p for p in problems):
         fixes.append(
@@ -38,5 +39,6 @@ def general_fixes(problems: list[str]) -> list[str]:
 
 
 def listed(items: list[str]) -> str:
+    """The first :data:`MAX_LISTED` items, comma-separated, then ``"and N more"``."""
     shown = ", ".join(items[:MAX_LISTED])
     return shown if len(items) <= MAX_LISTED else f"{shown} and {len(items) - MAX_LISTED} more"

@@ -24,13 +24,16 @@ Transform = Callable[[np.ndarray], np.ndarray]
 
 
 def identity(a: np.ndarray) -> np.ndarray:
+    """The tensor as stored (Haiku and our own format: same layout as NNX)."""
     return a
 
 
 def transpose(a: np.ndarray) -> np.ndarray:
+    """A PyTorch Linear weight (out, in) as an NNX kernel (in, out); vectors unchanged."""
     return np.ascontiguousarray(a.T) if a.ndim == 2 else a
 
 
+#: Haiku parameter names -> NNX variable names (Linear and LayerNorm).
 HAIKU_PARAM = {"w": "kernel", "b": "bias", "scale": "scale", "offset": "bias"}
 _HK_ATTENTION = {"query": "query", "key": "key", "value": "value", "mha_output": "output"}
 _HK_BLOCK_PART = {
@@ -216,6 +219,7 @@ def map_tensors(
 
 
 def is_hook(path: str) -> bool:
+    """Whether an NNX path is a training hook (IA3 vectors, the mask embedding), not a weight."""
     return path.split(".")[-1] in ("ia3_key", "ia3_value", "ia3_ffn") or path == "mask_embedding"
 
 
