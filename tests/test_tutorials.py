@@ -40,6 +40,7 @@ TESTED = (
     "02_classification.ipynb",
     "03_survival.ipynb",
     "04_your_own_data.ipynb",
+    "05_interpretation.ipynb",
 )
 N_MODEL_GENES = 256
 N_CHR21_GENES = 32
@@ -187,3 +188,44 @@ def test_04_your_own_data(tutorial_inputs, tmp_path, monkeypatch):
     text = "\n".join(o["data"]["text/plain"] for o in _outputs(notebook, "text/plain"))
     assert "'id_type': 'symbol'" in text
     assert "(30, 16)" in text  # the 30 GTEx samples embedded from their counts
+
+
+def _markers(data: str, model: str, per_type: int = 3) -> dict[str, list[str]]:
+    """Stand-in markers for the test data: each type's most over-expressed model genes."""
+    adata = bulkrnabert_sv.datasets.read_gdc(data)
+    genes = set(bulkrnabert_sv.load_model(model).genes)
+    keep = adata.var_names.str.split(".").str[0].isin(genes)
+    adata = adata[:, keep & ~adata.var_names.str.endswith("_PAR_Y")]
+    types = adata.obs["cohort"].astype(str).replace({"GBM": "GBMLGG", "LGG": "GBMLGG"})
+    log_tpm = np.log1p(np.asarray(adata.X, dtype=np.float64))
+    markers = {}
+    for name in sorted(set(types)):
+        inside = (types == name).to_numpy()
+        excess = log_tpm[inside].mean(axis=0) - log_tpm[~inside].mean(axis=0)
+        order = np.argsort(-excess)[:per_type]
+        markers[name] = [str(s) for s in adata.var["gene_name"].to_numpy()[order]]
+    return markers
+
+
+@pytest.mark.slow  # a Jupyter kernel per notebook: 15-45 s each on 2 cores
+def test_05_interpretation(tutorial_inputs, tmp_path, monkeypatch):
+    params = {k: tutorial_inputs[k] for k in ("MODEL", "DATA")} | {
+        "IG_PER_TYPE": 1,
+        "IG_STEPS": 2,
+        "N_RANDOM_SETS": 2,
+        "BATCH_SIZE": 8,
+        "MARKERS": _markers(tutorial_inputs["DATA"], tutorial_inputs["MODEL"]),
+    }
+    notebook = _run("05_interpretation.ipynb", params, tmp_path / "run", monkeypatch)
+    # top genes and heatmap of the attributions, the deletions, the attention received
+    assert len(_outputs(notebook, "image/png")) == 4
+    text = "\n".join(
+        str(o.get("data", {}).get("text/plain", o.get("text", "")))
+        for c in notebook.cells
+        if c.cell_type == "code"
+        for o in c.outputs
+    )
+    assert "completeness error, predicted class" in text
+    assert "differential expression" in text  # the marker table
+    assert "BRCA markers" in text and "GBMLGG markers" in text  # the deletions
+    assert "attention received, 2 tumours" in text

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -205,6 +205,7 @@ def embed(
     key_added: str = EMBEDDING_KEY,
     copy: bool = False,
     progress: bool = True,
+    devices: Sequence[Any] | None = None,
 ) -> AnnData | Any | None:
     """Embed each sample with BulkRNABert.
 
@@ -249,6 +250,13 @@ def embed(
         required (the view's rows are loaded into memory for the copy, after embedding).
     progress
         Show a progress bar.
+    devices
+        JAX devices to split each batch over (default: this process's devices,
+        ``jax.local_devices()``; ``batch_size`` is rounded up to a multiple of their number). On
+        several hosts, after ``jax.distributed.initialize()``, pass ``jax.devices()`` and run the
+        same call in every process on the same data: each process computes its share of every
+        batch and every process gets all the embeddings. Results do not depend on the devices
+        (up to float rounding).
 
     Returns
     -------
@@ -329,7 +337,9 @@ def embed(
             f"{'var_names' if gene_key is None else f'var[{gene_key!r}]'} "
             f"({100 * alignment.coverage:.1f}%); model {model!r}"
         )
-    embeddings = embed_tokens(model, batches, block=embedding_block, progress=progress)
+    embeddings = embed_tokens(
+        model, batches, block=embedding_block, progress=progress, devices=devices
+    )
     params = {
         "model": str(model.source) if model.source is not None else "in-memory model",
         "revision": str(model.revision) if model.revision is not None else "",

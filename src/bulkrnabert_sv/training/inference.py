@@ -20,7 +20,7 @@ import numpy as np
 from flax import nnx
 
 from .._validation import check_layer_index, check_positive_int
-from .sharding import batch_sharding, data_mesh, replicated
+from .sharding import batch_sharding, data_mesh, global_array, replicate, replicated
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "block"))
@@ -48,16 +48,24 @@ class _Runner:
         self.block = model.resolve_block(check_layer_index(block, "block"))
         self.n_genes = model.config.n_genes
         devices = list(jax.local_devices() if devices is None else devices)
+        if not devices:
+            raise ValueError("devices is empty; pass None to use this process's devices.")
         self.n_devices = len(devices)
         size = check_positive_int(batch_size, "batch_size")
         if n_obs is not None:  # never pad beyond the data
             size = min(size, max(int(n_obs), 1))
         self.batch_size = self._round_to_devices(size)
         self.graphdef, state = nnx.split(model)
+        # Devices of other processes (after jax.distributed.initialize): every process runs the
+        # same batches, places only its own shards and receives every batch's embeddings.
+        self.multiprocess = any(d.process_index != jax.process_index() for d in devices)
         if self.n_devices > 1:
             mesh = data_mesh(devices)
             self.token_sharding = batch_sharding(mesh)
-            self.state = jax.device_put(state, replicated(mesh))
+            if self.multiprocess:
+                self.state = replicate(state, mesh)
+            else:
+                self.state = jax.device_put(state, replicated(mesh))
         else:
             self.token_sharding = devices[0]
             self.state = jax.device_put(state, devices[0])
@@ -73,8 +81,20 @@ class _Runner:
         size = self.padded_size(n)
         if n < size:  # pad with zeros (not expressed); padded rows are sliced away
             tokens = np.concatenate([tokens, np.zeros((size - n, self.n_genes), np.int32)])
-        placed = jax.device_put(tokens, self.token_sharding)
+        if self.multiprocess:
+            placed = global_array(tokens, self.token_sharding)
+        else:
+            placed = jax.device_put(tokens, self.token_sharding)
         return _mean_embedding(self.graphdef, self.state, placed, block=self.block), n
+
+    def fetch(self, out: jax.Array, n: int) -> np.ndarray:
+        """The first ``n`` rows of a dispatched batch on the host (gathered from all processes
+        when the devices span several: a collective, so every process calls it in turn)."""
+        if self.multiprocess:
+            from jax.experimental import multihost_utils
+
+            out = multihost_utils.process_allgather(out, tiled=True)
+        return np.asarray(out[:n], dtype=np.float32)
 
     def padded_size(self, n: int) -> int:
         """Rows fed to the model for a batch of ``n`` rows.
@@ -122,6 +142,9 @@ def embed_tokens(
     devices
         Devices to shard batches over (default ``jax.local_devices()``). With several, each batch
         is split along the sample axis (``jax.sharding``) and the parameters are replicated.
+        They may belong to several processes (``jax.devices()`` after
+        ``jax.distributed.initialize()``): every process then feeds the same batches and gets
+        every sample's embedding.
 
     Returns
     -------
@@ -152,9 +175,9 @@ def embed_tokens(
         for start, stop, tokens in _chain(first, iterator):
             out = runner.dispatch(tokens)  # runs while the previous result is fetched
             if pending is not None:
-                bar.update(_collect(pending, parts, stops))
+                bar.update(_collect(runner, pending, parts, stops))
             pending = (start, stop, out)
-        bar.update(_collect(pending, parts, stops))
+        bar.update(_collect(runner, pending, parts, stops))
     n_obs = max(stops.values()) if n_obs is None else n_obs
     result = np.empty((n_obs, model.config.embed_dim), dtype=np.float32)
     filled = np.zeros(n_obs, dtype=bool)
@@ -171,11 +194,11 @@ def _chain(first, rest):
     yield from rest
 
 
-def _collect(pending, parts: dict, stops: dict) -> int:
+def _collect(runner: _Runner, pending, parts: dict, stops: dict) -> int:
     start, stop, (out, n) = pending
     if stop - start != n:
         raise ValueError(f"Batch {start}:{stop} has {n} rows.")
-    parts[start] = np.asarray(out[:n], dtype=np.float32)
+    parts[start] = runner.fetch(out, n)
     stops[start] = stop
     return n
 
