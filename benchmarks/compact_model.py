@@ -18,7 +18,6 @@ Prints, measured in one run on this machine:
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 import time
 from pathlib import Path
@@ -30,11 +29,11 @@ BOOTSTRAP = 2000
 
 
 def _tool(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+    """``tools/<name>.py`` as a module, by the tests' loader (tests/conftest.py)."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from conftest import load_tool
+
+    return load_tool(name)
 
 
 def gemm_gflops(n: int = 2048, repeats: int = 5) -> float:

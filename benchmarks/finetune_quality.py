@@ -12,7 +12,7 @@ For each cohort and task, ``tl.cross_validate`` runs 5-fold cross-validation rep
   validation split) and ``MLP inner CV`` (the same head, its epochs chosen by inner 5-fold CV),
   unless ``--no-mlp``.
 
-Cohorts: three simulated designs over the compact model's genes (``_core.simulate``) and the
+Cohorts: three simulated designs over the compact model's genes (``datasets.simulate_cohort``) and the
 real TCGA tumours of ``build/tcga_tpm.h5ad`` (ACC, DLBC, UVM, GBM, LGG; overall survival),
 written by ``tools/build_bundled_data.py``.
 
@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 import bulkrnabert_sv as bs
-from bulkrnabert_sv._core.simulate import simulate_cohort
+from bulkrnabert_sv.datasets import simulate_cohort
 
 ROOT = Path(__file__).resolve().parents[1]
 TCGA = ROOT / "build" / "tcga_tpm.h5ad"

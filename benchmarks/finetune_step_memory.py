@@ -35,9 +35,9 @@ def child(method: str, remat: bool) -> None:
     import numpy as np
     from flax import nnx
 
-    from bulkrnabert_sv._core.finetuned import EncoderWithHead, structure_key
     from bulkrnabert_sv.model import MLPHead, random_model
     from bulkrnabert_sv.tl._finetune import _trainable, _trainer
+    from bulkrnabert_sv.training.finetuned import EncoderWithHead, structure_key
 
     genes = [g.strip() for g in GENES.read_text().splitlines() if g.strip()]
     encoder = random_model("tcga", genes=genes, remat=remat)

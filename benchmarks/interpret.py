@@ -180,7 +180,7 @@ adata = ad.AnnData(tpm, var=pd.DataFrame(index=list(model.genes)))
 adata.obs["group"] = pd.Categorical(["a"])
 if task == "attribute_step":
     from flax import nnx
-    from bulkrnabert_sv._core.finetuned import FinetunedModel
+    from bulkrnabert_sv.tl import FinetunedModel
     from bulkrnabert_sv.model import MLPHead
     head = MLPHead(model.config.embed_dim, [], 2, rngs=nnx.Rngs(0))
     tuned = FinetunedModel(model, head, task="classification", method="probe",

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import sys
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -12,6 +15,19 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("BULKRNABERT_SHARED", ROOT.parent / "shared"))
 REQUIRE_SHARED = os.environ.get("BULKRNABERT_REQUIRE_SHARED", "") not in ("", "0")
+
+
+def load_tool(name: str) -> ModuleType:
+    """The script ``tools/<name>.py`` as a module, for tests and benchmarks that call its functions.
+
+    It is registered in ``sys.modules`` under ``name`` before it runs (dataclasses and pickle
+    look their module up there).
+    """
+    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def shared_path(relative: str) -> Path:

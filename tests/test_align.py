@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import json
 import warnings
 from importlib import resources
@@ -13,17 +12,18 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bulkrnabert_sv._core.checks import ExpressionValueError, ExpressionValueWarning
-from bulkrnabert_sv._core.tokens import token_batches
 from bulkrnabert_sv.model import random_model
 from bulkrnabert_sv.pp import (
     DuplicateGenesWarning,
+    ExpressionValueError,
+    ExpressionValueWarning,
     GeneCoverageWarning,
     align_genes,
     check_expression,
     strip_ensembl_version,
 )
-from conftest import ROOT, shared_path
+from bulkrnabert_sv.pp._tokens import token_batches
+from conftest import load_tool, shared_path
 
 VOCAB = ["ENSG00000000003", "ENSG00000000005", "ENSG00000000419", "ENSG00000000457"]
 
@@ -177,12 +177,7 @@ def test_shipped_symbol_table_is_derived_and_documented():
 
 
 def _load_builder():
-    spec = importlib.util.spec_from_file_location(
-        "build_symbol_table", ROOT / "tools" / "build_symbol_table.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("build_symbol_table")
 
 
 def test_symbol_table_builder_rules():

@@ -3,9 +3,7 @@ compact model; each checked against the shared source files it was derived from.
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 
 import numpy as np
 import pandas as pd
@@ -14,15 +12,7 @@ import pytest
 import bulkrnabert_sv as brb
 from bulkrnabert_sv.model import random_model
 from bulkrnabert_sv.model.vocabulary import compact_model_folder, published_genes
-from conftest import ROOT, SHARED, shared_path
-
-
-def _tool(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+from conftest import SHARED, load_tool, shared_path
 
 
 def test_the_published_vocabulary_ships(vocabulary):
@@ -64,7 +54,7 @@ def test_tcga_demo_holds_real_heldout_tumours(vocabulary):
 
 def test_tcga_demo_is_rebuilt_exactly_from_the_shared_files(vocabulary):
     """The recipe (tools/build_bundled_data.py) applied to ../shared gives the shipped values."""
-    build = _tool("build_bundled_data")
+    build = load_tool("build_bundled_data")
     lengths = brb.datasets.gene_lengths()
     shared = SHARED
     shared_path("data/tcga_rnaseqv2/tcga_acc_dlbc_uvm_rsem_normalized.tsv.gz")
@@ -94,9 +84,9 @@ def test_compact_model_loads_offline_and_beats_the_marginal_baseline(monkeypatch
     assert card["architecture"] == model.config.architecture()
     assert "BSD-3-Clause" in card["licence"]
     # The held-out masked loss, recomputed here, is the card's and below the marginal baseline.
-    train = _tool("train_compact_model")
-    from bulkrnabert_sv._core.masking import marginal_log_probs
-    from bulkrnabert_sv._core.tokens import token_batches
+    train = load_tool("train_compact_model")
+    from bulkrnabert_sv.pp._tokens import token_batches
+    from bulkrnabert_sv.training.masking import marginal_log_probs
 
     demo = brb.datasets.tcga_demo()
     tokens = np.concatenate([b for _, _, b in token_batches(demo, model, batch_size=48)])

@@ -13,7 +13,6 @@ from flax import nnx
 from safetensors.numpy import load_file, save_file
 
 from bulkrnabert_sv import load_finetuned
-from bulkrnabert_sv._core.finetuned import FinetunedModel
 from bulkrnabert_sv.cli import EXIT_MODEL, main
 from bulkrnabert_sv.model import (
     BulkRNABertConfig,
@@ -22,6 +21,7 @@ from bulkrnabert_sv.model import (
     load_model,
     random_model,
 )
+from bulkrnabert_sv.tl import FinetunedModel
 from checkpoint_layouts import random_haiku_params, write_haiku_folder, write_hf_folder
 
 GENES = [f"ENSG{i:011d}" for i in range(1, 33)]

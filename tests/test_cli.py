@@ -186,6 +186,7 @@ def test_demo_offline_uses_the_bundled_compact_model(tmp_path, monkeypatch, caps
     """No network, empty Hugging Face cache, no --model: the compact model, and exit 0."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty_cache"))
+    monkeypatch.delenv("BULKRNABERT_SV_MODEL", raising=False)
     monkeypatch.delenv("BULKRNABERT_MODEL", raising=False)
     output = tmp_path / "d.h5ad"
     assert main(["demo", "--output", str(output), "--no-progress"]) == 0

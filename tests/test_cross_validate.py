@@ -13,9 +13,9 @@ import pandas as pd
 import pytest
 
 import bulkrnabert_sv as bs
-from bulkrnabert_sv._core.metrics import corrected_interval
-from bulkrnabert_sv._core.simulate import simulate_cohort
+from bulkrnabert_sv.datasets import simulate_cohort
 from bulkrnabert_sv.model import random_model
+from bulkrnabert_sv.training.metrics import corrected_interval
 
 GENES = [f"ENSG{i:011d}" for i in range(1, 201)]
 #: A small L2 grid and one baseline penalty keep each run to a few seconds.

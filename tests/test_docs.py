@@ -32,7 +32,7 @@ def html(tmp_path_factory) -> Path:
 
 def test_pages_and_tutorials(html):
     pages = ("index", "installation", "quickstart", "api", "model_card", "model_card_compact")
-    for page in (*pages, "faq", "benchmarks"):
+    for page in (*pages, "faq", "benchmarks", "architecture"):
         assert (html / f"{page}.html").is_file(), page
     notebooks = sorted(p.stem for p in (ROOT / "tutorials").glob("*.ipynb"))
     assert notebooks  # the four tutorials

@@ -19,11 +19,11 @@ import pytest
 import scipy.sparse as sp
 
 import bulkrnabert_sv as bs
-from bulkrnabert_sv._core import inference
-from bulkrnabert_sv._core.checks import ExpressionValueError, ExpressionValueWarning
-from bulkrnabert_sv._core.inference import _Runner, embed_token_array
-from bulkrnabert_sv._core.tokens import token_batches
 from bulkrnabert_sv.model import random_model
+from bulkrnabert_sv.pp import ExpressionValueError, ExpressionValueWarning
+from bulkrnabert_sv.pp._tokens import token_batches
+from bulkrnabert_sv.training import inference
+from bulkrnabert_sv.training.inference import _Runner, embed_token_array
 from conftest import ROOT
 
 N_VOCAB = 96
@@ -55,12 +55,12 @@ def simulated_tpm(n_obs: int, seed: int = 0, groups: int = 1, n_other: int = 30)
     return ad.AnnData(values[:, order], obs=obs, var=var)
 
 
-def reference_embeddings(model, adata: ad.AnnData, layer: int = -1) -> np.ndarray:
+def reference_embeddings(model, adata: ad.AnnData, block: int = -1) -> np.ndarray:
     """Align with pandas (independently of the package) and call the model directly."""
     frame = pd.DataFrame(np.asarray(adata.X), columns=[v.split(".")[0] for v in adata.var_names])
     aligned = frame.T.groupby(level=0).sum().T.reindex(columns=VOCAB, fill_value=0.0)
     tokens = model.tokenize(aligned.to_numpy())
-    return np.asarray(model.mean_embedding(tokens, layer=layer))
+    return np.asarray(model.mean_embedding(tokens, block=block))
 
 
 # ------------------------------------------------------------------------------ results
@@ -102,7 +102,7 @@ def test_embedding_layer_layer_and_key_added(model):
     assert params["embedding_layer"] == 1 and params["layer"] == "tpm"
     tpm = ad.AnnData(adata.layers["tpm"], var=adata.var)
     np.testing.assert_allclose(
-        adata.obsm["X_first"], reference_embeddings(model, tpm, layer=1), atol=2e-6
+        adata.obsm["X_first"], reference_embeddings(model, tpm, block=1), atol=2e-6
     )
     bs.tl.embed(adata, model, layer="tpm", key_added="plain", progress=False)
     assert "plain" in adata.obsm and "plain" in adata.uns
@@ -275,7 +275,7 @@ def test_batches_are_sharded_over_several_devices():
         import json
         import jax
         import numpy as np
-        from bulkrnabert_sv._core.inference import _Runner, embed_token_array
+        from bulkrnabert_sv.training.inference import _Runner, embed_token_array
         from bulkrnabert_sv.model import random_model
 
         devices = jax.local_devices()
@@ -283,7 +283,7 @@ def test_batches_are_sharded_over_several_devices():
         tokens = np.random.default_rng(0).integers(0, 64, (7, 48)).astype(np.int32)
         multi = embed_token_array(model, tokens, batch_size=3)
         single = embed_token_array(model, tokens, batch_size=3, devices=devices[:1])
-        runner = _Runner(model, layer=-1, batch_size=3, devices=None)
+        runner = _Runner(model, block=-1, batch_size=3, devices=None)
         out, n = runner.dispatch(tokens[:3])
         print(json.dumps({
             "n_devices": len(devices),
@@ -310,7 +310,7 @@ def test_batches_are_sharded_over_several_devices():
 
 
 def test_runner_shapes_full_and_partial_batches(model):
-    runner = _Runner(model, layer=-1, batch_size=16, devices=None)
+    runner = _Runner(model, block=-1, batch_size=16, devices=None)
     assert runner.batch_size == 16
     assert [runner.padded_size(n) for n in (1, 2, 3, 4, 5, 8, 9, 15, 16)] == [
         1,
@@ -328,7 +328,7 @@ def test_runner_shapes_full_and_partial_batches(model):
     out, n = runner.dispatch(np.zeros((3, N_VOCAB), dtype=np.int32))
     assert out.shape == (4, 16) and n == 3
     # The full shape is capped at the number of samples.
-    assert _Runner(model, layer=-1, batch_size=10**6, devices=None, n_obs=4).batch_size == 4
+    assert _Runner(model, block=-1, batch_size=10**6, devices=None, n_obs=4).batch_size == 4
     with pytest.raises(ValueError, match="tokens must have shape"):
         runner.dispatch(np.zeros((2, 3), dtype=np.int32))
     empty = embed_token_array(model, np.zeros((0, N_VOCAB), dtype=np.int32))
@@ -340,11 +340,11 @@ def _record_model_batches(monkeypatch, max_rows: int) -> list[tuple[int, ...]]:
     shapes: list[tuple[int, ...]] = []
     real = inference._mean_embedding
 
-    def recording(graphdef, state, tokens, *, layer):
+    def recording(graphdef, state, tokens, *, block):
         shapes.append(tuple(tokens.shape))
         # Fail before computing: an over-padded batch could take all the memory there is.
         assert tokens.shape[0] <= max_rows, f"batch of {tokens.shape[0]} rows for {max_rows}"
-        return real(graphdef, state, tokens, layer=layer)
+        return real(graphdef, state, tokens, block=block)
 
     monkeypatch.setattr(inference, "_mean_embedding", recording)
     return shapes
@@ -452,14 +452,24 @@ def test_embedding_layer_of_another_type_is_a_type_error(model, embedding_layer)
     assert adata.uns["bulkrnabert"]["params"]["embedding_layer"] == 1
 
 
+def test_mean_embedding_layer_keyword_is_deprecated(model):
+    tokens = np.ones((2, N_VOCAB), dtype=np.int32)
+    expected = np.asarray(model.mean_embedding(tokens, block=1))
+    with pytest.warns(DeprecationWarning, match=r"layer=.*deprecated.*block=") as caught:
+        old = np.asarray(model.mean_embedding(tokens, layer=1))
+    assert caught[0].filename == __file__
+    np.testing.assert_array_equal(old, expected)
+    assert not np.array_equal(expected, np.asarray(model.mean_embedding(tokens)))  # block -1
+
+
 def test_internal_entry_points_check_types_too(model):
     tokens = np.zeros((2, N_VOCAB), dtype=np.int32)
     with pytest.raises(TypeError, match=r"batch_size must be a positive integer.*got '4'"):
         embed_token_array(model, tokens, batch_size="4")
     with pytest.raises(ValueError, match="batch_size must be >= 1, got 0"):
         embed_token_array(model, tokens, batch_size=0)
-    with pytest.raises(TypeError, match="layer must be an integer block index"):
-        embed_token_array(model, tokens, layer=True)
+    with pytest.raises(TypeError, match="block must be an integer block index"):
+        embed_token_array(model, tokens, block=True)
     with pytest.raises(TypeError, match="batch_size must be a positive integer"):
         token_batches(simulated_tpm(2), model, batch_size=2.5)
 

@@ -18,10 +18,10 @@ import pytest
 from flax import nnx
 
 import bulkrnabert_sv as bs
-from bulkrnabert_sv._core.simulate import program_oracle, simulate_cohort
-from bulkrnabert_sv._core.survival import concordance_index
+from bulkrnabert_sv.datasets._simulate import program_oracle, simulate_cohort
 from bulkrnabert_sv.model import random_model
-from bulkrnabert_sv.model.checkpoints import flat_state
+from bulkrnabert_sv.model.params import flat_state
+from bulkrnabert_sv.training.survival import concordance_index
 
 GENES = [f"ENSG{i:011d}" for i in range(1, 201)]
 N_TYPES = 3

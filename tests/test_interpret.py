@@ -153,7 +153,7 @@ def test_gene_attention_writes_fields_aligned_to_the_input(encoder, cohort):
     assert values.shape == (6, N_GENES) and values.dtype == np.float32
     assert np.isnan(values[:, -1]).all()  # not a model gene
     # the reference: materialised maps of the tokens the model saw
-    from bulkrnabert_sv._core.tokens import all_tokens
+    from bulkrnabert_sv.pp._tokens import all_tokens
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -289,7 +289,7 @@ def test_gradient_x_input_equals_the_directional_derivative(tuned, encoder, coho
     bs.tl.attribute(
         sub, tuned, method="gradient_x_input", target="class_1", batch_size=3, progress=False
     )
-    from bulkrnabert_sv._core.tokens import all_tokens
+    from bulkrnabert_sv.pp._tokens import all_tokens
 
     tokens, _ = all_tokens(sub, encoder)
     table = tuned.encoder.expression_embedding.embedding[...]
@@ -366,7 +366,7 @@ def test_attribution_of_a_survival_model(encoder, cohort):
 
 def _all_zero_embedding(tuned):
     tokens = np.zeros((1, tuned.encoder.config.n_genes), np.int32)
-    return tuned.encoder.mean_embedding(tokens, layer=tuned.embedding_layer)
+    return tuned.encoder.mean_embedding(tokens, block=tuned.embedding_layer)
 
 
 def test_attribute_refuses_bad_arguments(tuned, encoder, cohort):
@@ -418,9 +418,9 @@ def test_perturbed_embedding_equals_embedding_of_edited_data(encoder, cohort):
     edited = sub.copy()
     edited.X[:, :PER_CLASS] = 0.0
     edited.X[:, 10] = 0.0  # G10
-    from bulkrnabert_sv._core.inference import embed_token_array
-    from bulkrnabert_sv._core.tokens import all_tokens
+    from bulkrnabert_sv.pp._tokens import all_tokens
     from bulkrnabert_sv.tl._perturb import cosine_shift
+    from bulkrnabert_sv.training.inference import embed_token_array
 
     original = embed_token_array(encoder, all_tokens(sub, encoder)[0])
     edited_only_set = sub.copy()

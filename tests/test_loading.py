@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -62,8 +63,27 @@ def test_hub_repo_id_offline_through_the_cache(tmp_path, full_hf_folder, monkeyp
     assert model.source == "InstaDeepAI/BulkRNABert"
     assert model.revision == "0123456789abcdef0123456789abcdef01234567"
     # The environment variable is the default source.
-    monkeypatch.setenv("BULKRNABERT_MODEL", str(full_hf_folder))
-    assert load_model().source == str(full_hf_folder)
+    monkeypatch.delenv("BULKRNABERT_MODEL", raising=False)
+    monkeypatch.setenv("BULKRNABERT_SV_MODEL", str(full_hf_folder))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert load_model().source == str(full_hf_folder)
+
+
+def test_former_model_variable_is_read_with_a_deprecation_warning(monkeypatch):
+    monkeypatch.delenv("BULKRNABERT_SV_MODEL", raising=False)
+    monkeypatch.setenv("BULKRNABERT_MODEL", "compact")
+    pattern = r"\$BULKRNABERT_MODEL is deprecated.*\$BULKRNABERT_SV_MODEL"
+    with pytest.warns(DeprecationWarning, match=pattern) as caught:
+        model = load_model()
+    assert model.source == "compact"
+    assert caught[0].filename == __file__  # attributed to the caller's line
+    # The new name wins, silently.
+    monkeypatch.setenv("BULKRNABERT_SV_MODEL", "compact")
+    monkeypatch.setenv("BULKRNABERT_MODEL", "InstaDeepAI/BulkRNABert")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert load_model().source == "compact"
 
 
 def test_hub_offline_without_cache_says_how_to_fix(tmp_path, monkeypatch):

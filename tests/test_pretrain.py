@@ -21,10 +21,10 @@ from flax import nnx
 
 import bulkrnabert_sv.tl as tl
 from bulkrnabert_sv import load_model
-from bulkrnabert_sv._core.masking import marginal_log_probs, masked_sums, sample_mask
-from bulkrnabert_sv._core.pretrain_checkpoint import CONFIG_FILE, CorruptCheckpointWarning
-from bulkrnabert_sv._core.tokens import all_tokens
+from bulkrnabert_sv.pp._tokens import all_tokens
 from bulkrnabert_sv.tl import PretrainCheckpointError
+from bulkrnabert_sv.training.masking import marginal_log_probs, masked_sums, sample_mask
+from bulkrnabert_sv.training.pretrain_checkpoint import CONFIG_FILE, CorruptCheckpointWarning
 from conftest import ROOT, shared_path
 
 # Every test here shares one compiled step: keep them on one pytest-xdist worker.

@@ -14,7 +14,7 @@ import pytest
 from flax import nnx
 
 import bulkrnabert_sv as bs
-from bulkrnabert_sv._core.simulate import simulate_cohort
+from bulkrnabert_sv.datasets import simulate_cohort
 from bulkrnabert_sv.model import random_model
 
 GENES = [f"ENSG{i:011d}" for i in range(1, 201)]

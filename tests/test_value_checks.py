@@ -9,15 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bulkrnabert_sv._core.checks import (
-    ExpressionValueError,
-    ExpressionValueWarning,
-    TpmRowReport,
-    check_layer_index,
-    check_positive_int,
-    row_problems,
-)
-from bulkrnabert_sv.pp import check_expression
+from bulkrnabert_sv._validation import check_layer_index, check_positive_int
+from bulkrnabert_sv.pp import ExpressionValueError, ExpressionValueWarning, check_expression
+from bulkrnabert_sv.pp._values import TpmRowReport, row_problems
 
 
 def _tpm(n: int, genes: int = 40, seed: int = 0) -> np.ndarray:

@@ -73,7 +73,7 @@ def select_genes(adata: ad.AnnData, n_genes: int = N_GENES) -> list[str]:
 
 def heldout_masked_loss(model, tokens: np.ndarray, log_baseline: np.ndarray) -> dict[str, float]:
     """Masked cross-entropy of the model and of the marginal baseline on fixed random masks."""
-    from bulkrnabert_sv._core.masking import masked_sums, sample_mask
+    from bulkrnabert_sv.training.masking import masked_sums, sample_mask
 
     table = jnp.asarray(log_baseline)
 
@@ -105,8 +105,8 @@ def evaluate(model, train: ad.AnnData) -> dict[str, dict]:
     The marginal baseline is estimated on the training samples.
     """
     import bulkrnabert_sv as brb
-    from bulkrnabert_sv._core.masking import marginal_log_probs
-    from bulkrnabert_sv._core.tokens import token_batches
+    from bulkrnabert_sv.pp._tokens import token_batches
+    from bulkrnabert_sv.training.masking import marginal_log_probs
 
     def tokens_of(data) -> np.ndarray:
         return np.concatenate([b for _, _, b in token_batches(data, model, batch_size=64)])

@@ -8,10 +8,12 @@ separate against PCA of log TPM on the same samples, and write the ``.h5ad`` and
 from __future__ import annotations
 
 import dataclasses
-import os
 from pathlib import Path
 
 import numpy as np
+
+from ._keys import EMBEDDING_KEY, EMBEDDING_UNS_KEY
+from ._settings import DEFAULT_REPO, MODEL_ENV, env
 
 #: Seconds to wait for the Hugging Face Hub's answer before falling back on the compact model.
 HUB_TIMEOUT_S = 5.0
@@ -31,7 +33,7 @@ class ModelChoice:
 def choose_model(
     source: str | None = None, *, revision: str | None = None, allow_pickle: bool = False
 ) -> ModelChoice:
-    """The model named by ``source`` (or ``$BULKRNABERT_MODEL``); else the published weights
+    """The model named by ``source`` (or ``$BULKRNABERT_SV_MODEL``); else the published weights
     from the Hugging Face cache or network (waiting at most :data:`HUB_TIMEOUT_S`); else the
     bundled compact model.
 
@@ -39,16 +41,16 @@ def choose_model(
     silently replaced.
     """
     from .model import CheckpointError, load_model
-    from .model.loading import DEFAULT_REPO, MODEL_ENV, _snapshot_revision, download
+    from .model.loading import load_resolved, resolve_source
     from .model.vocabulary import COMPACT_SOURCE
 
-    named = source or os.environ.get(MODEL_ENV)
+    named = source or env(MODEL_ENV)
     if named:
         model = load_model(named, revision=revision, allow_pickle=allow_pickle)
         return ModelChoice(model, f"model: {model.source} (as asked)")
     try:
-        folder = download(DEFAULT_REPO, revision=revision, etag_timeout=HUB_TIMEOUT_S)
-        model = load_model(folder)
+        resolved = resolve_source(DEFAULT_REPO, revision=revision, etag_timeout=HUB_TIMEOUT_S)
+        model = load_resolved(resolved)
     except CheckpointError as error:
         reason = str(error).splitlines()[0]
         model = load_model(COMPACT_SOURCE)
@@ -57,9 +59,9 @@ def choose_model(
             f"model: compact (bundled with bulkrnabert-sv, {model.config.n_genes} genes, our "
             f"own weights), because the published weights could not be had: {reason}",
         )
-    model.source = DEFAULT_REPO
-    model.revision = revision or _snapshot_revision(folder)
-    return ModelChoice(model, f"model: {DEFAULT_REPO} (the published weights, from {folder})")
+    return ModelChoice(
+        model, f"model: {DEFAULT_REPO} (the published weights, from {resolved.folder})"
+    )
 
 
 def cohort_separation(representation: np.ndarray, labels) -> dict[str, float]:
@@ -137,11 +139,11 @@ def run(
         + ")"
     )
     embed(adata, model, batch_size=batch_size, progress=progress)
-    report = adata.uns["bulkrnabert"]["genes"]
+    report = adata.uns[EMBEDDING_UNS_KEY]["genes"]
     echo(f"genes matched: {report['n_matched']} of the model's {report['n_vocabulary']}")
     adata.obsm["X_pca_log_tpm"] = log_tpm_pca(adata.X)
     scores = {
-        "BulkRNABert": cohort_separation(adata.obsm["X_bulkrnabert"], adata.obs["cohort"]),
+        "BulkRNABert": cohort_separation(adata.obsm[EMBEDDING_KEY], adata.obs["cohort"]),
         "PCA of log TPM": cohort_separation(adata.obsm["X_pca_log_tpm"], adata.obs["cohort"]),
     }
     echo(f"cohort separation ({KNN_NEIGHBOURS}-NN leave-one-out accuracy, silhouette):")
@@ -160,7 +162,7 @@ def run(
         adata,
         "cohort",
         {
-            f"BulkRNABert ({model.source})": "X_bulkrnabert",
+            f"BulkRNABert ({model.source})": EMBEDDING_KEY,
             "PCA of log10(1 + TPM)": "X_pca_log_tpm",
         },
         figure,

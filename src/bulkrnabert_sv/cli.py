@@ -20,6 +20,8 @@ import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
+from ._keys import EMBEDDING_KEY, uns_key_for
+
 EXIT_OK = 0
 EXIT_INPUT = 2
 EXIT_MODEL = 3
@@ -90,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     embed.add_argument("--batch-size", type=_positive_int, default=8, help="default 8")
     embed.add_argument(
-        "--key-added", default="X_bulkrnabert", help="obsm key (default: X_bulkrnabert)"
+        "--key-added", default=EMBEDDING_KEY, help=f"obsm key (default: {EMBEDDING_KEY})"
     )
     embed.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -101,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
             "Embed the 48 TCGA tumours of five cohorts shipped with the package, print how well "
             "the cohorts separate (5-NN leave-one-out accuracy, silhouette) next to PCA of log "
             "TPM on the same samples, and write OUTPUT (.h5ad) and OUTPUT_umap.png. The model: "
-            "--model (or $BULKRNABERT_MODEL) when given; else the published weights from the "
+            "--model (or $BULKRNABERT_SV_MODEL) when given; else the published weights from the "
             "Hugging Face cache or network (5 s timeout); else the bundled compact model, which "
             "works offline. One line says which model was used and why."
         ),
@@ -137,7 +139,7 @@ def _model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
         help=(
-            "Hugging Face repo id or checkpoint folder (default: $BULKRNABERT_MODEL, else "
+            "Hugging Face repo id or checkpoint folder (default: $BULKRNABERT_SV_MODEL, else "
             "InstaDeepAI/BulkRNABert)"
         ),
     )
@@ -150,13 +152,13 @@ def _model_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _positive_int(text: str) -> int:
+    """An argparse ``type``: the text of a positive integer (see ``check_positive_int``)."""
+    from ._validation import check_positive_int
+
     try:
-        value = int(text)
+        return check_positive_int(int(text), "the value")
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -196,7 +198,7 @@ def _warnings_to_stderr():
 
 # ------------------------------------------------------------------------------------ embed
 def run_embed(args: argparse.Namespace) -> int:
-    from .tl._embed import embed, uns_key_for
+    from .tl._embed import embed
 
     # Everything that the names and the file system tell is checked before the input is read,
     # the model loaded and the samples embedded, so that a bad OUTPUT fails in a second.
@@ -564,8 +566,6 @@ def write_output(args, data, kind: str, embeddings, result: dict) -> None:
     import numpy as np
     import pandas as pd
 
-    from .tl._embed import uns_key_for
-
     output = args.output
     output_kind = _output_kind(output)
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -589,8 +589,6 @@ def _add_to_file(source: Path, output: Path, prefix: str, key, embeddings, resul
     """Copy ``source`` to ``output`` and add obsm/uns there, without loading X."""
     import h5py
     from anndata.io import write_elem
-
-    from .tl._embed import uns_key_for
 
     # samefile, not resolved paths: a hard link to the input is the input too.
     if not (output.exists() and os.path.samefile(source, output)):
@@ -620,7 +618,7 @@ def _load_model(args):
 
 def _require_genes(model) -> None:
     """Refuse (exit 3, a model problem) a model without the gene list the input is aligned to."""
-    from .model.checkpoints import GENES_FILE, HF_GENES_FILE
+    from .model.files import GENES_FILE, HF_GENES_FILE
 
     if not model.genes:
         name = f"the model {model.source}" if model.source else "the model"
@@ -630,36 +628,6 @@ def _require_genes(model) -> None:
             f"model.save) or, in the Hugging Face layout, its {HF_GENES_FILE}",
             EXIT_MODEL,
         )
-
-
-def _model_folder(args) -> tuple[Path, object]:
-    """The checkpoint folder (downloaded if a repo id) and the model loaded from it."""
-    from .model import CheckpointError, load_model
-    from .model.loading import _looks_like_repo_id, _snapshot_revision, default_source, download
-
-    source = args.model or default_source()
-    path = Path(os.path.expanduser(str(source)))
-    try:
-        if path.is_dir():
-            folder = path
-            model = load_model(folder, allow_pickle=args.allow_pickle)
-        elif _looks_like_repo_id(str(source)):
-            folder = download(str(source), revision=args.revision)
-            model = load_model(folder)
-            model.source = str(source)
-            model.revision = args.revision or _snapshot_revision(folder)
-        else:
-            model = load_model(source)  # raises a CheckpointError naming the problem
-            folder = path
-    except (CheckpointError, OSError, ValueError) as error:
-        raise CliError(
-            f"could not load the model: {error}\nProvide it with --model /path/to/folder (the "
-            "Hugging Face repo layout) or $BULKRNABERT_MODEL, or download it once with "
-            "`hf download InstaDeepAI/BulkRNABert`.",
-            EXIT_MODEL,
-        ) from error
-    _require_genes(model)
-    return folder, model
 
 
 # ------------------------------------------------------------------------------------ demo

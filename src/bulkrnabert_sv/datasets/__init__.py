@@ -1,4 +1,4 @@
-"""Data sets: real TCGA tumours shipped with the package, the GDC (TCGA) reader and downloader."""
+"""Data sets: shipped TCGA tumours, the GDC (TCGA) reader and downloader, simulated cohorts."""
 
 from .._lazy import lazy_module
 
@@ -9,5 +9,6 @@ _ATTRIBUTES = {
     "download_gdc": "._gdc",
     "GDCFormatError": "._gdc",
     "GDCDownloadError": "._gdc_download",
+    "simulate_cohort": "._simulate",
 }
 __all__, __getattr__, __dir__ = lazy_module(__name__, _ATTRIBUTES)

@@ -1,8 +1,9 @@
 """The BulkRNABert model: configuration, NNX modules, tokenizer, attention, checkpoints, vocabulary."""
 
 from .attention import attention_weights, dot_product_attention
-from .checkpoints import CheckpointError, export_hf_folder
 from .config import PRESETS, BulkRNABertConfig
+from .errors import CheckpointError
+from .files import export_hf_folder
 from .heads import MLPHead, load_head
 from .loading import DEFAULT_REPO, load_model
 from .modeling import BulkRNABert, IA3Param, MaskEmbeddingParam

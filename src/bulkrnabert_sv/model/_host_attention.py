@@ -43,6 +43,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from .._settings import HOST_KERNEL_ENV, NUM_THREADS_ENV, env
 from ._simd_kernels import EXP2_COEFFICIENTS, EXP2_MIN, LANES, PANEL, QK_ROWS
 
 try:  # numba is a dependency of scanpy, hence of this package, but keep the import soft.
@@ -88,8 +89,8 @@ def available() -> bool:
 
 
 def num_threads() -> int:
-    """Worker threads: ``BULKRNABERT_SV_NUM_THREADS`` or the CPUs this process may use."""
-    value = os.environ.get("BULKRNABERT_SV_NUM_THREADS")
+    """Worker threads: ``$BULKRNABERT_SV_NUM_THREADS`` or the CPUs this process may use."""
+    value = env(NUM_THREADS_ENV)
     if value:
         return max(1, int(value))
     try:
@@ -281,8 +282,7 @@ if _HAVE_NUMBA:
 
 if _HAVE_NUMBA:
     # The micro-kernels (specialised for the head size when _simd_tasks is compiled). numba's disk
-    # cache watches only the calling function's file: after editing _simd_kernels.py, clear this
-    # package's __pycache__/*.nbi (a fresh install or checkout has none).
+    # cache watches only the calling function's file (see docs/architecture.md).
     from ._simd_kernels import make_pv_kernel, make_qk_kernel
 
     _QK_RAW = make_qk_kernel(QK_ROWS, "raw", THRESHOLD)
@@ -506,7 +506,7 @@ def _blas_single_thread():
 KERNELS = ("auto", "simd", "blas")
 #: Default tiles per kernel: (query rows per task, keys per tile). A ``"simd"`` task reads every
 #: key block of its head from the last-level cache once and then reuses it from L2 for each of its
-#: 48-row tiles: 960 rows (20 tiles) were 3-5% faster than 240 at full size.
+#: 48-row tiles (20 tiles of 960 rows; docs/benchmarks.md compares task sizes).
 DEFAULT_BLOCKS = {"simd": (960, 512), "blas": (256, 512)}
 #: Query rows of one probability tile of the ``"simd"`` kernel: a 48 x 512 float32 tile is
 #: 96 KiB, a fifth of a 512 KiB L2 cache, next to one key block's panels and values.
@@ -521,7 +521,7 @@ def resolve_kernel(kernel: str | None, head_dim: int) -> str:
     """
     from . import _simd_kernels
 
-    kernel = kernel or os.environ.get("BULKRNABERT_SV_HOST_KERNEL", "auto")
+    kernel = kernel or env(HOST_KERNEL_ENV) or "auto"
     if kernel not in KERNELS:
         raise ValueError(f"Unknown host attention kernel {kernel!r}; choose one of {KERNELS}.")
     if kernel == "blas":
@@ -545,7 +545,7 @@ def _run_tasks(function, args: tuple, tasks: int, threads: int | None) -> None:
     idle thread takes the next set, so that a thread slowed by other work on the machine takes
     fewer of them. Sets are interleaved rather than contiguous so that the threads work on the
     same head at the same time and share its keys and values in the last-level cache (contiguous
-    ranges made a full-size layer 13% slower). BLAS is limited to one thread meanwhile. Tasks
+    ranges were slower: docs/benchmarks.md). BLAS is limited to one thread meanwhile. Tasks
     write disjoint outputs, so the result does not depend on which thread ran which set.
     """
     workers = max(1, min(threads or num_threads(), tasks))

@@ -18,8 +18,7 @@ the 16 vector registers of an AVX2 core instead, as a GEMM micro-kernel does:
 
 Both use 12 accumulators: an FMA has a latency of 4 cycles on two ports, so 8 independent chains
 would only just keep the ports busy, and the 4 spare chains leave room for the ``exp2`` and the
-loads (6 rows instead of 4 made the whole attention about 10% faster on a Zen 3 core). 12
-accumulators plus the loaded keys (or values) and one broadcast fill the 16 AVX2 registers.
+loads (the measurements are in docs/benchmarks.md). 12 accumulators plus the loaded keys (or values) and one broadcast fill the 16 AVX2 registers.
 
 The kernels are :func:`numba.extending.intrinsic` functions, inlined into the numba code that
 calls them. They are specialised for the row count when built, and for the head dimension when

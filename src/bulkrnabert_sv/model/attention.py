@@ -41,14 +41,14 @@ import jax
 import jax.numpy as jnp
 
 from .._logging import user_stacklevel
+from .config import ATTENTION_IMPLEMENTATIONS
 
-IMPLEMENTATIONS = ("auto", "xla", "blockwise", "blockwise_host", "blockwise_jax", "cudnn")
+IMPLEMENTATIONS = ATTENTION_IMPLEMENTATIONS
 #: (query, key) tile sizes of the pure-JAX loops on a CPU (fastest on a 2-core AVX2 CPU).
 JAX_BLOCKS_CPU = (256, 256)
-#: (query, key) tile sizes of the pure-JAX loops on an accelerator. On an H200 in float32 one
-#: full-size layer (19,062 keys, 8 heads) took 102 ms forward with the CPU tiles and 21 ms with
-#: these; larger tiles cut the time by at most a quarter for 2-10x the memory (128 MiB per
-#: sample and temporary here). See docs/benchmarks.md.
+#: (query, key) tile sizes of the pure-JAX loops on an accelerator: about five times faster than
+#: the CPU tiles on a GPU, and larger tiles gain little for much more memory (128 MiB per sample
+#: and temporary here); the timings are in docs/benchmarks.md ("Results on a GPU").
 JAX_BLOCKS_ACCELERATOR = (2048, 2048)
 #: Up to this many keys "auto" uses the materialised implementation.
 AUTO_MATERIALIZE_MAX_LENGTH = 1024

@@ -5,19 +5,13 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 AttentionImplementation = Literal[
     "auto", "xla", "blockwise", "blockwise_host", "blockwise_jax", "cudnn"
 ]
-ATTENTION_IMPLEMENTATIONS = (
-    "auto",
-    "xla",
-    "blockwise",
-    "blockwise_host",
-    "blockwise_jax",
-    "cudnn",
-)
+#: The attention implementations (see :mod:`.attention`), in one place: the Literal above.
+ATTENTION_IMPLEMENTATIONS: tuple[str, ...] = get_args(AttentionImplementation)
 
 #: Fields of the Hugging Face / Haiku configs that describe the architecture.
 ARCHITECTURE_FIELDS = (

@@ -12,16 +12,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from .checkpoints import (
-    CheckpointError,
-    Rule,
-    _identity,
-    assign,
-    flat_state,
-    flatten_haiku,
-    map_tensors,
-    read_json,
-)
+from .errors import CheckpointError
+from .files import read_json
+from .params import HAIKU_HEAD_RULES, assign, flat_state, flatten_haiku, map_tensors
 
 _ACTIVATIONS = {
     "selu": jax.nn.selu,
@@ -30,15 +23,6 @@ _ACTIVATIONS = {
     "tanh": jnp.tanh,
     "identity": lambda x: x,
 }
-_HK_PARAM = {"w": "kernel", "b": "bias", "scale": "scale", "offset": "bias"}
-
-#: Haiku names of the released heads (``classification_head/~/mlp/~/linear_0/w`` ...); any
-#: top-level module name is accepted (the survival head's differs).
-HAIKU_HEAD_RULES: list[Rule] = [
-    (r"[^/]+/~/mlp/~/linear_(\d+)/(w|b)", lambda m: f"hidden.{m[1]}.{_HK_PARAM[m[2]]}", _identity),
-    (r"[^/]+/~/layer_norm/(scale|offset)", lambda m: f"norm.{_HK_PARAM[m[1]]}", _identity),
-    (r"[^/]+/~/linear/(w|b)", lambda m: f"output.{_HK_PARAM[m[1]]}", _identity),
-]
 
 
 class MLPHead(nnx.Module):

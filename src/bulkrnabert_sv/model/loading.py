@@ -3,10 +3,20 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .checkpoints import (
+from .._files import (
+    FINETUNED_BACKBONE_DIR,
+    FINETUNED_META_FILE,
+    PRETRAIN_CONFIG_FILE,
+    PRETRAIN_FINAL_MODEL_DIR,
+)
+from .._settings import DEFAULT_REPO, MODEL_ENV, default_model_source
+from .checkpoints import load_haiku_folder, load_hf_folder, load_own_folder
+from .errors import CheckpointError
+from .files import (
     FORMAT_NAME,
     HAIKU_PARAMS_FILE,
     HF_CONFIG_FILE,
@@ -14,24 +24,12 @@ from .checkpoints import (
     HF_TOKENIZER_FILE,
     OWN_CONFIG_FILE,
     WEIGHTS_FILE,
-    CheckpointError,
-    load_haiku_folder,
-    load_hf_folder,
-    load_own_folder,
 )
 from .modeling import BulkRNABert
 from .vocabulary import COMPACT_SOURCE, compact_model_folder
 
-DEFAULT_REPO = "InstaDeepAI/BulkRNABert"
-#: Environment variable naming a default model source (a folder or a hub repo id).
-MODEL_ENV = "BULKRNABERT_MODEL"
 #: The only files fetched from the hub: weights, configs and the gene order.
 HUB_FILES = (WEIGHTS_FILE, HF_CONFIG_FILE, HF_TOKENIZER_FILE, HF_GENES_FILE)
-
-
-def default_source() -> str:
-    """``$BULKRNABERT_MODEL`` if set, else the published repo id."""
-    return os.environ.get(MODEL_ENV) or DEFAULT_REPO
 
 
 def detect_format(folder: Path) -> str:
@@ -59,17 +57,14 @@ def detect_format(folder: Path) -> str:
     if (folder / HAIKU_PARAMS_FILE).is_file():
         return "haiku"
     # Not a model: say what the folder is when another saver of this package wrote it.
-    from .._core.finetuned import BACKBONE_DIR, META_FILE
-    from .._core.pretrain_checkpoint import CONFIG_FILE, FINAL_MODEL_DIR
-
-    if (folder / META_FILE).is_file():
+    if (folder / FINETUNED_META_FILE).is_file():
         raise CheckpointError(
             f"{folder} holds a fine-tuned model (written by FinetunedModel.save), not an encoder: "
             f"load it with bulkrnabert_sv.load_finetuned({str(folder)!r}); its encoder alone is "
-            f"in {folder / BACKBONE_DIR} (load_model or --model accept that folder)."
+            f"in {folder / FINETUNED_BACKBONE_DIR} (load_model or --model accept that folder)."
         )
-    if (folder / CONFIG_FILE).is_file():
-        final = folder / FINAL_MODEL_DIR
+    if (folder / PRETRAIN_CONFIG_FILE).is_file():
+        final = folder / PRETRAIN_FINAL_MODEL_DIR
         where = (
             f"the finished model is in {final}: pass that folder (load_model or --model)."
             if final.is_dir()
@@ -154,7 +149,7 @@ def load_model(
     source
         ``"compact"``: the compact model bundled with the package (our own weights, 2,048
         genes, works offline; see its model card); a Hugging Face repo id (default
-        ``$BULKRNABERT_MODEL`` or ``"InstaDeepAI/BulkRNABert"``);
+        ``$BULKRNABERT_SV_MODEL`` or ``"InstaDeepAI/BulkRNABert"``);
         a local folder in the hub's layout (``model.safetensors`` + ``config.json`` +
         ``tokenizer_config.json`` + ``data/tcga_sample.csv``); a folder with the Haiku params
         ``jax_params/params.joblib`` + ``jax_params/config.json``; a folder written by
@@ -184,45 +179,90 @@ def load_model(
     """
     if isinstance(source, BulkRNABert):
         return source
-    source = default_source() if source is None else source
-    path = Path(os.path.expanduser(str(source)))
-    revision_used = revision
-    if str(source) == COMPACT_SOURCE:
-        # The bundled model; a local folder of that name is reached as "./compact".
-        folder = compact_model_folder()
-        kind = "own"
-    elif path.is_dir():
-        folder = path
-        kind = detect_format(folder)
-    elif path.exists():
+    resolved = resolve_source(source, revision=revision, cache_dir=cache_dir)
+    return load_resolved(resolved, allow_pickle=allow_pickle, genes=genes, **config_overrides)
+
+
+@dataclass(frozen=True)
+class ResolvedSource:
+    """Where a model source's files are, and in which format (see :func:`resolve_source`)."""
+
+    #: The source as named (the default source when none was).
+    name: str
+    #: The checkpoint folder (the hub cache's snapshot for a repo id).
+    folder: Path
+    #: ``"own"``, ``"huggingface"`` or ``"haiku"`` (see :func:`detect_format`).
+    kind: str
+    #: The hub revision asked for, or the snapshot's commit; None for a local folder.
+    revision: str | None
+
+
+def resolve_source(
+    source: str | os.PathLike | None = None,
+    *,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    etag_timeout: float | None = None,
+) -> ResolvedSource:
+    """The folder and format of a model source, downloading a hub repo id (or using its cache).
+
+    The one resolution of model sources, for :func:`load_model`, the CLI and the demo:
+    ``None`` is ``$BULKRNABERT_SV_MODEL``, else :data:`DEFAULT_REPO`; ``"compact"`` the bundled
+    model (a local folder of that name is reached as ``"./compact"``); an existing folder is
+    read in the format :func:`detect_format` finds; ``"owner/name"`` is a Hugging Face repo id.
+
+    Raises
+    ------
+    CheckpointError
+        A file instead of a folder, a name that is neither a folder nor a repo id, a repo that
+        cannot be downloaded, or a folder holding no model (the message says what it holds).
+    """
+    source = default_model_source() if source is None else source
+    name = str(source)
+    path = Path(os.path.expanduser(name))
+    if name == COMPACT_SOURCE:
+        return ResolvedSource(name, compact_model_folder(), "own", revision)
+    if path.is_dir():
+        return ResolvedSource(name, path, detect_format(path), revision)
+    if path.exists():
         raise CheckpointError(f"{path} is a file; pass the checkpoint folder that contains it.")
-    elif _looks_like_repo_id(str(source)):
-        folder = download(str(source), revision=revision, cache_dir=cache_dir)
-        kind = "huggingface"
-        revision_used = revision or _snapshot_revision(folder)
-    else:
-        raise CheckpointError(
-            f"{source!r} is neither an existing folder nor a Hugging Face repo id "
-            f"(like {DEFAULT_REPO!r})."
-        )
-    if kind == "own":
-        model = load_own_folder(folder, genes=genes, **config_overrides)
-    elif kind == "huggingface":
-        model = load_hf_folder(folder, genes=genes, **config_overrides)
+    if looks_like_repo_id(name):
+        folder = download(name, revision=revision, cache_dir=cache_dir, etag_timeout=etag_timeout)
+        return ResolvedSource(name, folder, "huggingface", revision or snapshot_revision(folder))
+    raise CheckpointError(
+        f"{source!r} is neither an existing folder nor a Hugging Face repo id "
+        f"(like {DEFAULT_REPO!r})."
+    )
+
+
+def load_resolved(
+    resolved: ResolvedSource,
+    *,
+    allow_pickle: bool = False,
+    genes: list[str] | None = None,
+    **config_overrides: Any,
+) -> BulkRNABert:
+    """The model in ``resolved.folder``, read in its format, with its ``source`` and
+    ``revision`` set from ``resolved`` (arguments as :func:`load_model`'s)."""
+    if resolved.kind == "own":
+        model = load_own_folder(resolved.folder, genes=genes, **config_overrides)
+    elif resolved.kind == "huggingface":
+        model = load_hf_folder(resolved.folder, genes=genes, **config_overrides)
     else:
         model = load_haiku_folder(
-            folder, allow_pickle=allow_pickle, genes=genes, **config_overrides
+            resolved.folder, allow_pickle=allow_pickle, genes=genes, **config_overrides
         )
-    model.source = str(source)
-    model.revision = revision_used
+    model.source = resolved.name
+    model.revision = resolved.revision
     return model
 
 
-def _looks_like_repo_id(text: str) -> bool:
+def looks_like_repo_id(text: str) -> bool:
+    """Whether ``text`` has the form of a Hugging Face repo id (``"owner/name"``)."""
     parts = text.split("/")
     return len(parts) == 2 and all(parts) and not text.startswith((".", "~"))
 
 
-def _snapshot_revision(folder: Path) -> str | None:
-    # Hub cache layout: .../snapshots/<commit hash>/
+def snapshot_revision(folder: Path) -> str | None:
+    """The commit of a hub cache snapshot folder (``.../snapshots/<commit hash>/``), else None."""
     return folder.name if folder.parent.name == "snapshots" else None

@@ -1,6 +1,6 @@
 """The BulkRNABert encoder and its LM head as Flax NNX modules.
 
-Forward pass (see ``shared/reference/bulkrnabert.md``)::
+Forward pass (Gélard et al., ML4H 2024; docs/model_card.md)::
 
     x = ExprEmbed[tokens] + Linear(GeneEmbed[arange(n_genes)])
     for each block:  h = x + Wo·MHA(LN1(x));  x = h + fc2(gelu(fc1(LN2(h))))
@@ -15,6 +15,7 @@ and the mask embedding a :class:`MaskEmbeddingParam`, so optimisers can select t
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from functools import partial
 
@@ -25,6 +26,7 @@ from flax import nnx
 
 from .attention import attention_received, attention_weights, dot_product_attention
 from .config import BulkRNABertConfig
+from .files import save_model
 from .tokenizer import tokenize as _tokenize
 
 
@@ -290,21 +292,55 @@ class BulkRNABert(nnx.Module):
         outputs["last_hidden_state"] = x
         return outputs
 
-    def mean_embedding(self, tokens: jax.Array, *, layer: int = -1) -> jax.Array:
-        """Sample embeddings: the mean over genes of block ``layer``'s output (1-indexed; -1 = last)."""
-        layer = self._resolve_layer(layer)
-        out = self(tokens, compute_logits=False, num_layers=layer)
+    def mean_embedding(
+        self, tokens: jax.Array, *, block: int = -1, layer: int | None = None
+    ) -> jax.Array:
+        """Sample embeddings: the mean over genes of the output of a transformer block.
+
+        Parameters
+        ----------
+        tokens
+            int32 tokens (batch, n_genes).
+        block
+            The block (1-indexed; -1 = the last).
+        layer
+            Deprecated name of ``block`` (``layer`` means an AnnData layer in this package).
+
+        Returns
+        -------
+        float32 (batch, embed_dim).
+        """
+        if layer is not None:
+            warnings.warn(
+                "mean_embedding(layer=...) is deprecated; pass block=... (the transformer block; "
+                "layer means an AnnData layer in bulkrnabert-sv).",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            block = layer
+        block = self.resolve_block(block)
+        out = self(tokens, compute_logits=False, num_layers=block)
         return out["last_hidden_state"].astype(jnp.float32).mean(axis=1)
 
-    def _resolve_layer(self, layer: int) -> int:
+    def resolve_block(self, block: int) -> int:
+        """The 1-indexed block that ``block`` names (``-1`` = the last).
+
+        Raises
+        ------
+        ValueError
+            ``block`` is outside ``1..num_layers`` and ``-num_layers..-1``.
+        """
         n = self.config.num_layers
-        resolved = n + 1 + layer if layer < 0 else layer
+        resolved = n + 1 + block if block < 0 else block
         if not 1 <= resolved <= n:
             raise ValueError(
-                f"embedding layer {layer} is out of range for a {n}-layer model "
+                f"embedding layer {block} is out of range for a {n}-layer model "
                 f"(use 1..{n} or -{n}..-1)"
             )
         return resolved
+
+    #: The former name of :meth:`resolve_block` (still called by ``tl.cross_validate``).
+    _resolve_layer = resolve_block
 
     # ------------------------------------------------------------------------------ bookkeeping
     def num_parameters(self, filter=nnx.Param) -> int:
@@ -359,8 +395,6 @@ class BulkRNABert(nnx.Module):
 
         :func:`bulkrnabert_sv.load_model` reads it back bit-identically.
         """
-        from .checkpoints import save_model
-
         save_model(self, path)
 
 

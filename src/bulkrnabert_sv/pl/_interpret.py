@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 import pandas as pd
 
+from .._validation import check_int_at_least
 from ._utils import SaveArg, category_colors, new_axes, savefig_or_show
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -107,8 +108,7 @@ def top_genes(
     missing = [g for g in groups if g not in frame.columns]
     if missing:
         raise KeyError(f"No scores for groups {missing}; there are {list(frame.columns)}.")
-    if isinstance(n_genes, bool) or not isinstance(n_genes, int | np.integer) or n_genes < 1:
-        raise ValueError(f"n_genes must be a positive integer, got {n_genes!r}.")
+    n_genes = check_int_at_least(n_genes, "n_genes", 1)
     if ax is None:
         ncols = max(1, min(int(ncols), len(groups)))
         nrows = -(-len(groups) // ncols)

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from .. import _logging as logg
+from .._keys import FINETUNE_KEY, class_key
 from ..tl._risk_groups import default_risk_key, finetune_records, quantile_groups
 from ._utils import SaveArg, category_colors, new_axes, savefig_or_show
 
@@ -24,8 +25,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes
 
 __all__ = ["confusion_matrix", "kaplan_meier", "training_history"]
-
-FINETUNE_KEY = "bulkrnabert_finetune"
 
 
 def _obs(adata, key: str, what: str) -> pd.Series:
@@ -510,7 +509,7 @@ def confusion_matrix(
     from sklearn.metrics import balanced_accuracy_score
     from sklearn.metrics import confusion_matrix as sk_confusion_matrix
 
-    pred_key = pred_key or f"{true_key}_bulkrnabert"
+    pred_key = pred_key or class_key(true_key)
     true = _obs(adata, true_key, "true classes")
     pred = _obs(adata, pred_key, "predicted classes")
     keep = (true.notna() & pred.notna()).to_numpy()

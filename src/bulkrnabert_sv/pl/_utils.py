@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .. import _logging as logg
+from .._keys import colors_key
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes
@@ -103,7 +104,7 @@ def category_colors(adata, key: str | None, categories) -> list:
     from matplotlib.colors import is_color_like
 
     n = len(categories)
-    stored = adata.uns.get(f"{key}_colors") if key is not None else None
+    stored = adata.uns.get(colors_key(key)) if key is not None else None
     if stored is not None:
         stored = list(stored)
         if len(stored) >= n and all(is_color_like(c) for c in stored[:n]):

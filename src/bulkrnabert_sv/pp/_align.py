@@ -14,7 +14,7 @@ import scipy.sparse as sp
 from anndata import AnnData
 
 from .. import _logging as logg
-from .._core.data import get_matrix, get_modality, iter_row_batches
+from .._anndata import get_matrix, get_modality, iter_row_batches
 
 #: Below this many of its 19,062 genes matched the upstream preprocessing refused a sample; for
 #: another vocabulary the threshold is the same fraction of its size.

@@ -6,16 +6,16 @@ import warnings
 
 import numpy as np
 
-from .._core.checks import (
+from .._anndata import get_matrix, get_modality, iter_row_batches
+from .._validation import check_positive_int
+from ._values import (
     ExpressionValueError,
     ExpressionValueWarning,
     TpmRowReport,
-    check_positive_int,
     diagnose,
     require_tpm_rows,
     sample_list,
 )
-from .._core.data import get_matrix, get_modality, iter_row_batches
 
 __all__ = ["ExpressionValueError", "ExpressionValueWarning", "check_expression"]
 
@@ -46,7 +46,7 @@ def check_expression(
     ------
     ExpressionValueError
         NaN, infinite or negative values. Other problems warn
-        (:class:`~bulkrnabert_sv._core.checks.ExpressionValueWarning`) with the fix.
+        (:class:`~bulkrnabert_sv.pp.ExpressionValueWarning`) with the fix.
     TypeError
         ``batch_size`` is not an integer.
     """

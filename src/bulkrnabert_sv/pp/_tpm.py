@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from .._core.data import get_matrix, get_modality, iter_row_batches
+from .._anndata import get_matrix, get_modality, iter_row_batches
 from ._align import _input_names, strip_ensembl_version
 
 
@@ -177,7 +177,7 @@ def match_lengths(names: np.ndarray, lengths_by_id: pd.Series) -> np.ndarray:
 
 
 def _check_counts(rows: np.ndarray, where: str, first_row: int) -> None:
-    from .._core.checks import require_finite_nonnegative
+    from ._values import require_finite_nonnegative
 
     require_finite_nonnegative(
         rows,

@@ -10,8 +10,9 @@ import numpy as np
 import pandas as pd
 
 from .. import _logging as logg
-from .._core.checks import check_positive_int
-from .._core.data import get_modality
+from .._anndata import get_modality
+from .._keys import ATTRIBUTION_KEY
+from .._validation import check_positive_int
 from .._version import __version__
 from ._embed import check_data
 from ._interpret import (
@@ -33,9 +34,8 @@ from ._interpret import (
 if TYPE_CHECKING:  # pragma: no cover
     from anndata import AnnData
 
-    from .._core.finetuned import FinetunedModel
+    from ..training.finetuned import FinetunedModel
 
-DEFAULT_KEY = "bulkrnabert_attribution"
 METHODS = ("integrated_gradients", "gradient_x_input")
 #: Risk groups of a survival model's samples when no ``groupby`` is given (median split).
 RISK_GROUPS = ("low risk", "high risk")
@@ -61,8 +61,8 @@ def _attribution_function(tuned, remat: bool):
     import jax.numpy as jnp
     from flax import nnx
 
-    from .._core.finetuned import compiled, head_key, structure_key
     from ..model.modeling import encode_embeddings, input_embeddings
+    from ..training.finetuned import compiled, head_key, structure_key
 
     enc_graph, _ = nnx.split(tuned.encoder)
     head_graph, _ = nnx.split(tuned.head)
@@ -152,7 +152,7 @@ def attribute(
     remat: bool = True,
     rank_by: Literal["mean", "contrast"] = "mean",
     n_top: int = 50,
-    key_added: str = DEFAULT_KEY,
+    key_added: str = ATTRIBUTION_KEY,
     copy: bool = False,
     progress: bool = True,
 ) -> AnnData | Any | None:
@@ -273,7 +273,7 @@ def attribute(
     import jax
     from flax import nnx
 
-    from .._core.tokens import token_batches
+    from ..pp._tokens import token_batches
     from ._risk_groups import quantile_groups
 
     check_data(data, "tl.attribute")

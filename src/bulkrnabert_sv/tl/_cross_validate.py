@@ -17,18 +17,18 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from .._core.data import get_modality
-from .._core.finetuned import head_outputs
-from .._core.metrics import (
+from .._anndata import get_modality
+from ..training.finetuned import head_outputs
+from ..training.fitting import DEFAULT_PENALTIES, stratified_folds
+from ..training.metrics import (
     LOWER_IS_BETTER,
     corrected_interval,
     evaluation_times,
     probability_metrics,
     survival_metrics,
 )
-from .._core.survival import breslow_baseline, survival_curves
-from .._core.targets import Targets
-from .._core.training import DEFAULT_PENALTIES, stratified_folds
+from ..training.survival import breslow_baseline, survival_curves
+from ..training.targets import Targets
 from ._embed import check_data
 from ._finetune import (
     _load_encoder,
@@ -80,7 +80,7 @@ class CrossValidationResult:
     summary
         One row per model and metric: ``model``, ``metric``, ``mean``, ``sd`` (over folds),
         ``ci_low``, ``ci_high`` (corrected repeated cross-validation t interval, see
-        :func:`~bulkrnabert_sv._core.metrics.corrected_interval`), ``n_folds`` (folds where the
+        :func:`~bulkrnabert_sv.training.metrics.corrected_interval`), ``n_folds`` (folds where the
         metric is defined), ``higher_is_better``.
     models
         Model name → description.

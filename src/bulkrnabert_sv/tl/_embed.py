@@ -11,82 +11,23 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .. import _logging as logg
-from .._core.checks import check_layer_index
-from .._core.data import get_modality
+from .._anndata import get_modality
+from .._keys import (
+    COLORS_SUFFIX,
+    EMBEDDING_KEY,
+    SCANPY_OBSM_KEYS,
+    SCANPY_OBSM_PREFIXES,
+    SCANPY_UNS_KEYS,
+    is_finetune_uns_key,
+    uns_key_for,
+)
+from .._validation import check_layer_index, check_positive_int
 from .._version import __version__
 
 if TYPE_CHECKING:  # pragma: no cover
     from anndata import AnnData
 
     from ..model import BulkRNABert
-
-DEFAULT_KEY = "X_bulkrnabert"
-
-
-def uns_key_for(key_added: str) -> str:
-    """The ``uns`` key for an ``obsm`` key: ``"X_bulkrnabert"`` → ``"bulkrnabert"``."""
-    return key_added[2:] if key_added.startswith("X_") and len(key_added) > 2 else key_added
-
-
-# ------------------------------------------------------------------------------ keys of others
-#: ``obsm`` keys written by scanpy (``pp.pca``, ``tl.umap``, ``tl.tsne``, ``tl.diffmap``; and
-#: ``tl.draw_graph``, whose keys start with ``"X_draw_graph_"``) and by the integrations of
-#: ``scanpy.external`` (harmony, scanorama, phate, trimap). ``tl.embed`` refuses them as
-#: ``key_added``.
-SCANPY_OBSM_KEYS = frozenset(
-    {
-        "X_pca",
-        "X_umap",
-        "X_tsne",
-        "X_diffmap",
-        "X_pca_harmony",
-        "X_scanorama",
-        "X_phate",
-        "X_trimap",
-    }
-)
-SCANPY_OBSM_PREFIXES = ("X_draw_graph_",)
-#: ``uns`` keys written by scanpy tools (plus any ``"<key>_colors"``, its plotting palettes).
-#: ``tl.embed`` refuses a ``key_added`` whose ``uns`` key (``key_added`` without ``"X_"``) is
-#: one of them.
-SCANPY_UNS_KEYS = frozenset(
-    {
-        "pca",
-        "umap",
-        "tsne",
-        "diffmap_evals",
-        "draw_graph",
-        "neighbors",
-        "leiden",
-        "louvain",
-        "paga",
-        "rank_genes_groups",
-        "dendrogram",
-        "hvg",
-        "log1p",
-        "iroot",
-    }
-)
-#: ``obs`` columns written by scanpy (clustering, pseudotime, quality control, doublets).
-#: ``tl.finetune`` and ``tl.predict`` refuse them as ``key_added``.
-SCANPY_OBS_KEYS = frozenset(
-    {
-        "leiden",
-        "louvain",
-        "dpt_pseudotime",
-        "dpt_groups",
-        "dpt_order",
-        "dpt_order_indices",
-        "n_genes",
-        "n_counts",
-        "n_genes_by_counts",
-        "total_counts",
-        "log1p_n_genes_by_counts",
-        "log1p_total_counts",
-        "doublet_score",
-        "predicted_doublet",
-    }
-)
 
 
 def check_embed_key(key_added) -> None:
@@ -96,20 +37,20 @@ def check_embed_key(key_added) -> None:
     uns_key = uns_key_for(key_added)
     if key_added in SCANPY_OBSM_KEYS or key_added.startswith(SCANPY_OBSM_PREFIXES):
         owner = f"obsm[{key_added!r}]"
-    elif uns_key in SCANPY_UNS_KEYS or uns_key.endswith("_colors"):
+    elif uns_key in SCANPY_UNS_KEYS or uns_key.endswith(COLORS_SUFFIX):
         owner = f"uns[{uns_key!r}] (where tl.embed would write its parameters)"
-    elif uns_key.endswith("_finetune"):
+    elif is_finetune_uns_key(uns_key):
         raise ValueError(
             f"key_added={key_added!r} would write tl.embed's parameters into uns[{uns_key!r}], "
             "where tl.finetune keeps its records. Choose another name, e.g. the default "
-            f"{DEFAULT_KEY!r}."
+            f"{EMBEDDING_KEY!r}."
         )
     else:
         return
     raise ValueError(
         f"key_added={key_added!r} is not allowed: {owner} belongs to scanpy, and writing there "
         "would replace or contradict its results. Choose another name, e.g. the default "
-        f"{DEFAULT_KEY!r} or 'X_bulkrnabert_<something>'."
+        f"{EMBEDDING_KEY!r} or 'X_bulkrnabert_<something>'."
     )
 
 
@@ -167,7 +108,7 @@ def model_fingerprint(model) -> str:
     import jax
     from flax import nnx
 
-    from ..model.checkpoints import flat_state
+    from ..model.params import flat_state
 
     digest = hashlib.sha256(b"bulkrnabert-sv model v1\n")
     config = {
@@ -185,7 +126,7 @@ def model_fingerprint(model) -> str:
 class HashingBatches:
     """Token batches that hash their tokens while they stream past.
 
-    Wraps :func:`~bulkrnabert_sv._core.tokens.token_batches`; after a complete pass,
+    Wraps :func:`~bulkrnabert_sv.pp._tokens.token_batches`; after a complete pass,
     ``hexdigest`` is the sha256 of all tokens in row order (int32), the same for any batch size.
     Tokens are what the encoder sees: they change when the expression values, the gene alignment
     or the order of the samples change.
@@ -261,7 +202,7 @@ def embed(
     mod: str = "rna",
     embedding_layer: int = -1,
     batch_size: int = 8,
-    key_added: str = DEFAULT_KEY,
+    key_added: str = EMBEDDING_KEY,
     copy: bool = False,
     progress: bool = True,
     devices: Sequence[Any] | None = None,
@@ -282,7 +223,7 @@ def embed(
     model
         A loaded :class:`~bulkrnabert_sv.model.BulkRNABert` or a source for
         :func:`~bulkrnabert_sv.load_model`: a Hugging Face repo id or a checkpoint folder.
-        Default: ``$BULKRNABERT_MODEL`` if set, else ``"InstaDeepAI/BulkRNABert"``.
+        Default: ``$BULKRNABERT_SV_MODEL`` if set, else ``"InstaDeepAI/BulkRNABert"``.
     layer
         The layer of ``data`` holding TPM (default ``X``).
     gene_key
@@ -362,10 +303,10 @@ def embed(
     >>> bs.tl.embed(adata)  # doctest: +SKIP
     >>> sc.pp.neighbors(adata, use_rep="X_bulkrnabert"); sc.tl.umap(adata)  # doctest: +SKIP
     """
-    from .._core.finetuned import FinetunedModel
-    from .._core.inference import embed_tokens
-    from .._core.tokens import token_batches
     from ..model import BulkRNABert, load_model
+    from ..pp._tokens import token_batches
+    from ..training.finetuned import FinetunedModel
+    from ..training.inference import embed_tokens
 
     _check_arguments(batch_size=batch_size, key_added=key_added)
     check_layer_index(embedding_layer, "embedding_layer")  # 2.0, "2", True: TypeError
@@ -381,9 +322,9 @@ def embed(
         )
     if not isinstance(model, BulkRNABert):
         model = load_model(model)
-    resolved_layer = model._resolve_layer(embedding_layer)
+    embedding_block = model.resolve_block(embedding_layer)
     start = logg.info(
-        f"computing BulkRNABert embeddings of {adata.n_obs} samples (block {resolved_layer} of "
+        f"computing BulkRNABert embeddings of {adata.n_obs} samples (block {embedding_block} of "
         f"{model.config.num_layers}, mean over {model.config.n_genes} genes)"
     )
     batches = HashingBatches(
@@ -397,14 +338,14 @@ def embed(
             f"({100 * alignment.coverage:.1f}%); model {model!r}"
         )
     embeddings = embed_tokens(
-        model, batches, layer=resolved_layer, progress=progress, devices=devices
+        model, batches, block=embedding_block, progress=progress, devices=devices
     )
     params = {
         "model": str(model.source) if model.source is not None else "in-memory model",
         "revision": str(model.revision) if model.revision is not None else "",
         "layer": "X" if layer is None else layer,
         "gene_key": "var_names" if gene_key is None else gene_key,
-        "embedding_layer": int(resolved_layer),
+        "embedding_layer": int(embedding_block),
         "pooling": "mean",
         "normalization_factor": float(model.config.normalization_factor),
         "n_genes": int(model.config.n_genes),
@@ -454,10 +395,7 @@ def _check_backed(adata, *, copy: bool) -> None:
 
 
 def _check_arguments(*, batch_size: int, key_added: str) -> None:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer):
-        raise TypeError(f"batch_size must be an integer, got {batch_size!r}.")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+    check_positive_int(batch_size, "batch_size")
     if not isinstance(key_added, str) or not key_added:
         raise ValueError(f"key_added must be a non-empty string, got {key_added!r}.")
 

@@ -37,11 +37,19 @@ import numpy as np
 import pandas as pd
 from flax import nnx
 
-from .._core.checks import check_layer_index, check_positive_int
-from .._core.data import get_modality
-from .._core.finetuned import (
+from .._anndata import get_modality
+from .._keys import (
     EMBEDDING_KEY,
     EMBEDDING_UNS_KEY,
+    PROBA_SUFFIX,
+    SCANPY_OBS_KEYS,
+    SURVIVAL_SUFFIX,
+    finetune_uns_key,
+    prediction_key,
+)
+from .._logging import user_stacklevel
+from .._validation import check_int_at_least, check_layer_index, check_positive_int
+from ..training.finetuned import (
     LOSSES,
     EncoderWithHead,
     FinetunedModel,
@@ -54,18 +62,7 @@ from .._core.finetuned import (
     stored_embeddings,
     structure_key,
 )
-from .._core.metrics import classification_metrics
-from .._core.survival import breslow_baseline, concordance_index
-from .._core.targets import (
-    TASKS,
-    Targets,
-    check_splittable,
-    classification_targets,
-    infer_task,
-    obs_column,
-    survival_targets,
-)
-from .._core.training import (
+from ..training.fitting import (
     DEFAULT_PENALTIES,
     L2_GRID,
     PENALTIES,
@@ -74,9 +71,19 @@ from .._core.training import (
     stratified_folds,
     stratified_split,
 )
-from .._logging import user_stacklevel
-from ._embed import SCANPY_OBS_KEYS, HashingBatches, check_data, stale_reason, warn_overwrite
-from ._risk_groups import UNS_SUFFIX, finetune_records  # noqa: F401 (re-exported)
+from ..training.metrics import classification_metrics
+from ..training.survival import breslow_baseline, concordance_index
+from ..training.targets import (
+    TASKS,
+    Targets,
+    check_splittable,
+    classification_targets,
+    infer_task,
+    obs_column,
+    survival_targets,
+)
+from ._embed import HashingBatches, check_data, stale_reason, warn_overwrite
+from ._risk_groups import finetune_records  # noqa: F401 (re-exported)
 
 __all__ = ["FinetunedModel", "finetune", "load_finetuned", "predict"]
 
@@ -95,9 +102,6 @@ DEFAULT_WEIGHT_DECAY = 1e-4
 DEFAULT_VALIDATION_FRACTION = 0.2
 #: Inner cross-validation folds of the probe (L2 strength or epoch count).
 DEFAULT_INNER_FOLDS = 5
-#: Suffixes of the fields written for a key (see prediction_fields).
-PROBA_SUFFIX = "_proba"
-SURVIVAL_SUFFIX = "_survival"
 
 
 def finetune(
@@ -159,7 +163,7 @@ def finetune(
     model
         A :class:`~bulkrnabert_sv.model.BulkRNABert` or anything
         :func:`~bulkrnabert_sv.load_model` accepts (hub id, folder). Default:
-        ``$BULKRNABERT_MODEL`` if set, else ``"InstaDeepAI/BulkRNABert"``. It is never modified.
+        ``$BULKRNABERT_SV_MODEL`` if set, else ``"InstaDeepAI/BulkRNABert"``. It is never modified.
     head
         ``"linear"`` (probe only): ridge logistic regression (multinomial) or a ridge Cox model
         on the standardised embeddings, fitted to convergence (scikit-learn's lbfgs; Newton's
@@ -183,7 +187,7 @@ def finetune(
         scaled to sd 1 per dimension) or ``"whitened"`` (ridge on PCA-whitened embeddings: the
         penalty is the variance of the linear predictor, every direction shrunk alike).
         Default: both for survival, ``"standardised"`` for classification
-        (:data:`~bulkrnabert_sv._core.training.DEFAULT_PENALTIES`; measured in
+        (:data:`~bulkrnabert_sv.training.fitting.DEFAULT_PENALTIES`; measured in
         ``docs/benchmarks.md``).
     inner_folds
         Probe: folds of the inner cross-validation (stratified by class, or by event) that
@@ -329,7 +333,7 @@ def finetune(
     check_inputs(targets, settings, obs_key)
 
     encoder = nnx.clone(_load_encoder(model))
-    depth = encoder._resolve_layer(check_layer_index(embedding_layer))
+    embedding_block = encoder.resolve_block(check_layer_index(embedding_layer))
     n_outputs = len(targets.classes) if task == "classification" else 1
     info: dict = {"reused_embeddings": False}
 
@@ -337,7 +341,7 @@ def finetune(
         embeddings = _stored_or_embed(
             encoder,
             data,
-            depth,
+            embedding_block,
             layer=layer,
             gene_key=gene_key,
             mod=mod,
@@ -357,8 +361,8 @@ def finetune(
         final_encoder, final_head = encoder, fit.head
         train, validation = fit.train, fit.validation
     else:
-        from .._core.tokens import token_batches
         from ..model import MLPHead
+        from ..pp._tokens import token_batches
 
         rng = np.random.default_rng(random_state)
         train, validation = stratified_split(targets.strata, settings["validation_fraction"], rng)
@@ -381,12 +385,10 @@ def finetune(
             data, encoder, layer=layer, gene_key=gene_key, mod=mod, batch_size=inference_batch_size
         )
         info["coverage"] = float(batches.alignment.coverage)
-        tokens = np.zeros((batches.n_obs, encoder.config.n_genes), dtype=np.int32)
-        for start, stop, block in batches:
-            tokens[start:stop] = block
-        bundle = EncoderWithHead(encoder, head_module, depth)
-        graphdef, params, frozen = nnx.split(bundle, _trainable(method, depth), ...)
-        key = (method, task, *structure_key(encoder), depth, head_key(head_module))
+        tokens = batches.collect()
+        bundle = EncoderWithHead(encoder, head_module, embedding_block)
+        graphdef, params, frozen = nnx.split(bundle, _trainable(method, embedding_block), ...)
+        key = (method, task, *structure_key(encoder), embedding_block, head_key(head_module))
         trainer = _trainer(key, graphdef, task)
 
         def trained_modules(params):
@@ -403,7 +405,7 @@ def finetune(
                 embed_tokens(
                     tuned_encoder,
                     batches,
-                    embedding_layer=depth,
+                    embedding_layer=embedding_block,
                     batch_size=inference_batch_size,
                     progress=False,
                 ),
@@ -430,7 +432,7 @@ def finetune(
         embeddings = embed_tokens(
             final_encoder,
             _ArrayBatches(tokens, inference_batch_size),
-            embedding_layer=depth,
+            embedding_layer=embedding_block,
             batch_size=inference_batch_size,
             progress=progress,
         )
@@ -461,7 +463,7 @@ def finetune(
         "event_key": event_key,
         "model": encoder.source,
         "revision": encoder.revision,
-        "embedding_layer": depth,
+        "embedding_layer": embedding_block,
         "class_weight": targets.class_weights,
         "random_state": int(random_state),
         "layer": layer,
@@ -486,7 +488,7 @@ def finetune(
         classes=targets.classes,
         obs_key=obs_key,
         event_key=event_key,
-        embedding_layer=depth,
+        embedding_layer=embedding_block,
         params=_drop_none(params_record),
         metrics=metrics,
         history=fit.history,
@@ -858,12 +860,6 @@ def _finetuned_model(model) -> FinetunedModel:
 
 
 # ---------------------------------------------------------------------------------- helpers
-def _positive_int(name: str, value, minimum: int = 1) -> int:
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
-    return int(value)
-
-
 def _check_times(times) -> np.ndarray | None:
     if times is None:
         return None
@@ -944,7 +940,7 @@ def resolve_settings(
         if not grid or not all(np.isfinite(v) and v > 0 for v in grid):
             raise ValueError(f"l2 must be one value or several values > 0, got {l2!r}.")
         folds = DEFAULT_INNER_FOLDS if inner_folds is None else inner_folds
-        folds = 0 if folds == 0 else _positive_int("inner_folds", folds, 2)
+        folds = 0 if folds == 0 else check_int_at_least(folds, "inner_folds", 2)
         if folds == 0 and len(grid) > 1:
             raise ValueError(
                 "inner_folds=0 leaves nothing to choose l2 with: pass a single l2=<value>, or "
@@ -979,11 +975,11 @@ def resolve_settings(
                 "l2 is the linear head's penalty; the MLP head uses weight_decay (AdamW)."
             )
         defaults = DEFAULTS[method]
-        settings["epochs"] = _positive_int(
-            "epochs", defaults["epochs"] if epochs is None else epochs
+        settings["epochs"] = check_int_at_least(
+            defaults["epochs"] if epochs is None else epochs, "epochs", 1
         )
-        settings["batch_size"] = _positive_int(
-            "batch_size", defaults["batch_size"] if batch_size is None else batch_size
+        settings["batch_size"] = check_int_at_least(
+            defaults["batch_size"] if batch_size is None else batch_size, "batch_size", 1
         )
         rate = defaults["learning_rate"] if learning_rate is None else learning_rate
         if not (isinstance(rate, numbers.Real) and np.isfinite(rate) and rate > 0):
@@ -1000,7 +996,7 @@ def resolve_settings(
         settings["layer_norm"] = bool(layer_norm)
         if method == "probe":
             folds = DEFAULT_INNER_FOLDS if inner_folds is None else inner_folds
-            folds = 0 if folds == 0 else _positive_int("inner_folds", folds, 2)
+            folds = 0 if folds == 0 else check_int_at_least(folds, "inner_folds", 2)
             if folds and validation_fraction is not None:
                 raise ValueError(
                     "validation_fraction is for one validation split; the probe's MLP chooses "
@@ -1026,9 +1022,11 @@ def resolve_settings(
             )
         settings["validation_fraction"] = float(fraction)
         if early_stopping is not None:
-            early_stopping = _positive_int("early_stopping (a patience in epochs)", early_stopping)
+            early_stopping = check_int_at_least(
+                early_stopping, "early_stopping (a patience in epochs)", 1
+            )
         settings["early_stopping"] = early_stopping
-    settings["n_seeds"] = _positive_int("n_seeds", n_seeds)
+    settings["n_seeds"] = check_int_at_least(n_seeds, "n_seeds", 1)
     if settings["n_seeds"] > 1 and method != "probe":
         raise ValueError(
             f"n_seeds is for method='probe'; averaging over seeds would train the encoder "
@@ -1037,7 +1035,7 @@ def resolve_settings(
     settings["survival_times"] = _check_times(survival_times)
     if settings["survival_times"] is not None and (task == "classification" or class_weight):
         raise ValueError("survival_times is for survival models; drop it for classification.")
-    _positive_int("inference_batch_size", inference_batch_size)
+    check_int_at_least(inference_batch_size, "inference_batch_size", 1)
     _check_key_added(key_added, obs_key, event_key)
     return settings
 
@@ -1126,7 +1124,7 @@ def _load_encoder(model):
 
 
 def _stored_or_embed(
-    encoder, data, depth, *, layer, gene_key, mod, batch_size, progress, info, function
+    encoder, data, embedding_block, *, layer, gene_key, mod, batch_size, progress, info, function
 ):
     """``obsm["X_bulkrnabert"]`` if still valid for ``encoder`` and the data, else new embeddings.
 
@@ -1135,10 +1133,10 @@ def _stored_or_embed(
     it is now, hashed in one pass without embedding). Otherwise the embeddings are recomputed,
     with a warning saying why when there were stored ones.
     """
-    from .._core.tokens import token_batches
+    from ..pp._tokens import token_batches
 
     adata = get_modality(data, mod)
-    stored = stored_embeddings(adata, encoder, depth, layer, gene_key)
+    stored = stored_embeddings(adata, encoder, embedding_block, layer, gene_key)
     batches = HashingBatches(
         token_batches(data, encoder, layer=layer, gene_key=gene_key, mod=mod, batch_size=batch_size)
     )
@@ -1156,7 +1154,7 @@ def _stored_or_embed(
             stacklevel=user_stacklevel(),
         )
     return embed_tokens(
-        encoder, batches, embedding_layer=depth, batch_size=batch_size, progress=progress
+        encoder, batches, embedding_layer=embedding_block, batch_size=batch_size, progress=progress
     )
 
 
@@ -1177,7 +1175,7 @@ class _ArrayBatches:
             yield start, stop, self.tokens[start:stop]
 
 
-def _trainable(method: str, depth: int):
+def _trainable(method: str, embedding_block: int):
     """Which variables of ``EncoderWithHead`` are trained (the rest stays frozen)."""
     from ..model import IA3Param, MaskEmbeddingParam
 
@@ -1187,7 +1185,7 @@ def _trainable(method: str, depth: int):
         if path[0] == "head":
             return True
         # Encoder: the LM head and blocks above the embedding layer get no gradient.
-        if path[1] == "lm_head" or (path[1] == "layers" and int(path[2]) >= depth):
+        if path[1] == "lm_head" or (path[1] == "layers" and int(path[2]) >= embedding_block):
             return False
         return isinstance(variable, IA3Param) if method == "ia3" else True
 
@@ -1242,11 +1240,10 @@ def _drop_none(values: dict) -> dict:
 def prediction_fields(model: FinetunedModel, key_added: str | None) -> dict[str, str]:
     """Where a model's predictions go: ``obs``, ``obsm`` (probabilities, survival), ``uns``."""
     if key_added is None:
-        suffix = "_bulkrnabert" if model.task == "classification" else "_bulkrnabert_risk"
-        key = f"{model.obs_key}{suffix}"
+        key = prediction_key(model.obs_key, model.task)
     else:
         key = key_added
-    fields = {"obs": key, "uns": f"{key}{UNS_SUFFIX}"}
+    fields = {"obs": key, "uns": finetune_uns_key(key)}
     if model.task == "classification":
         fields["obsm"] = f"{key}{PROBA_SUFFIX}"
     else:

@@ -10,8 +10,9 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from .. import _logging as logg
-from .._core.checks import check_layer_index, check_positive_int
-from .._core.data import get_modality
+from .._anndata import get_modality
+from .._keys import ATTENTION_KEY
+from .._validation import check_layer_index, check_positive_int
 from .._version import __version__
 from ._embed import check_data
 from ._interpret import (
@@ -34,7 +35,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from ..model import BulkRNABert
 
-DEFAULT_KEY = "bulkrnabert_attention"
 HEADS = ("mean", "keep")
 
 
@@ -63,7 +63,7 @@ def resolve_blocks(model, layers) -> tuple[int, ...]:
         layers = [layers]
     resolved: list[int] = []
     for k in layers:
-        k = model._resolve_layer(check_layer_index(k, "layers"))
+        k = model.resolve_block(check_layer_index(k, "layers"))
         if k not in resolved:
             resolved.append(k)
     if not resolved:
@@ -84,7 +84,7 @@ def gene_attention(
     batch_size: int = 1,
     block_size: int | None = None,
     n_top: int = 50,
-    key_added: str = DEFAULT_KEY,
+    key_added: str = ATTENTION_KEY,
     copy: bool = False,
     progress: bool = True,
 ) -> AnnData | Any | None:
@@ -169,7 +169,7 @@ def gene_attention(
     KeyError
         ``groupby`` is not an ``obs`` column.
     """
-    from .._core.tokens import token_batches
+    from ..pp._tokens import token_batches
 
     check_data(data, "tl.gene_attention")
     key_added = check_key(key_added, "tl.gene_attention")

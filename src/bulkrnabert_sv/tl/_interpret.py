@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 
 from .. import _logging as logg
-from .._core.checks import check_positive_int
-from .._core.data import get_modality
+from .._anndata import get_modality
+from .._validation import check_positive_int
 from ._embed import warn_overwrite
 
 #: The ``varm`` summary column of all samples (next to one column per group).
@@ -30,8 +30,8 @@ def check_batch_size(batch_size) -> int:
 
 def load_encoder(model, function: str):
     """A BulkRNABert from a model or a source; a fine-tuned model is refused with the fix."""
-    from .._core.finetuned import FinetunedModel
     from ..model import BulkRNABert, load_model
+    from ..training.finetuned import FinetunedModel
 
     if isinstance(model, FinetunedModel):
         raise TypeError(
@@ -43,8 +43,8 @@ def load_encoder(model, function: str):
 
 def load_tuned(finetuned, function: str):
     """A FinetunedModel from itself or a folder written by ``FinetunedModel.save``."""
-    from .._core.finetuned import FinetunedModel, load_finetuned
     from ..model import BulkRNABert
+    from ..training.finetuned import FinetunedModel, load_finetuned
 
     if isinstance(finetuned, FinetunedModel):
         return finetuned

@@ -9,8 +9,9 @@ import numpy as np
 import pandas as pd
 
 from .. import _logging as logg
-from .._core.checks import check_positive_int
-from .._core.data import get_modality
+from .._anndata import get_modality
+from .._keys import PERTURB_KEY
+from .._validation import check_positive_int
 from .._version import __version__
 from ._embed import check_data
 from ._interpret import (
@@ -26,7 +27,6 @@ from ._interpret import (
 if TYPE_CHECKING:  # pragma: no cover
     from anndata import AnnData
 
-DEFAULT_KEY = "bulkrnabert_perturb"
 MODES = ("delete", "overexpress")
 
 
@@ -124,7 +124,7 @@ def perturb(
     gene_key: str | None = None,
     mod: str = "rna",
     batch_size: int = 8,
-    key_added: str = DEFAULT_KEY,
+    key_added: str = PERTURB_KEY,
     copy: bool = False,
     progress: bool = True,
 ) -> AnnData | Any | None:
@@ -206,9 +206,9 @@ def perturb(
     ValueError
         A gene outside the model's vocabulary, an unknown mode, a bad token.
     """
-    from .._core.finetuned import FinetunedModel
-    from .._core.inference import embed_token_array
-    from .._core.tokens import all_tokens
+    from ..pp._tokens import all_tokens
+    from ..training.finetuned import FinetunedModel
+    from ..training.inference import embed_token_array
     from ._interpret import load_encoder
 
     check_data(data, "tl.perturb")
@@ -218,7 +218,9 @@ def perturb(
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}.")
     tuned = model if isinstance(model, FinetunedModel) else None
     encoder = tuned.encoder if tuned is not None else load_encoder(model, "tl.perturb")
-    depth = tuned.embedding_layer if tuned is not None else encoder._resolve_layer(embedding_layer)
+    embedding_block = (
+        tuned.embedding_layer if tuned is not None else encoder.resolve_block(embedding_layer)
+    )
     n_bins = encoder.config.n_expressions_bins
     if mode == "delete":
         if token is not None:
@@ -237,7 +239,7 @@ def perturb(
         f"perturbing {len(sets)} gene{' set' if any(len(v) > 1 for v in sets.values()) else ''}"
         f"{'s' if len(sets) > 1 else ''} ({mode}) in {adata.n_obs} samples"
     )
-    embed = lambda t: embed_token_array(encoder, t, layer=depth, batch_size=batch_size)  # noqa: E731
+    embed = lambda t: embed_token_array(encoder, t, block=embedding_block, batch_size=batch_size)  # noqa: E731
     reference = embed(tokens)
     reference_out = tuned.outputs(reference) if tuned is not None else None
     shifts = np.zeros((adata.n_obs, len(sets)), np.float64)
@@ -304,7 +306,7 @@ def perturb(
         **model_record(encoder),
         "mode": mode,
         "token": int(value),
-        "embedding_layer": int(depth),
+        "embedding_layer": int(embedding_block),
         "finetuned": tuned is not None,
         "task": "" if tuned is None else tuned.task,
         "gene_coverage": float(alignment.coverage),

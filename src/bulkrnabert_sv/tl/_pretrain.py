@@ -17,11 +17,17 @@ import pandas as pd
 from flax import nnx
 
 from .. import _logging as logg
-from .._core import sharding as shard
-from .._core.data import get_modality
-from .._core.masking import check_mask_rate, marginal_log_probs, masked_sums, sample_mask
-from .._core.pretrain_checkpoint import (
-    FINAL_MODEL_DIR,
+from .._anndata import get_modality
+from .._files import PRETRAIN_FINAL_MODEL_DIR as FINAL_MODEL_DIR
+from .._validation import check_int_at_least
+from ..model import PRESETS, BulkRNABert, BulkRNABertConfig, CheckpointError, load_model
+from ..model.loading import looks_like_repo_id
+from ..pp._align import strip_ensembl_version
+from ..pp._tokens import token_batches
+from ..training import sharding as shard
+from ..training.fitting import decay_mask
+from ..training.masking import check_mask_rate, marginal_log_probs, masked_sums, sample_mask
+from ..training.pretrain_checkpoint import (
     Checkpointer,
     CorruptCheckpointWarning,
     PretrainCheckpointError,
@@ -30,10 +36,6 @@ from .._core.pretrain_checkpoint import (
     key_name,
     prepare_folder,
 )
-from .._core.tokens import token_batches
-from ..model import PRESETS, BulkRNABert, BulkRNABertConfig, CheckpointError, load_model
-from ..model.loading import _looks_like_repo_id
-from ..pp._align import strip_ensembl_version
 
 __all__ = ["CorruptCheckpointWarning", "PretrainCheckpointError", "pretrain"]
 
@@ -327,10 +329,7 @@ def pretrain(
 # ------------------------------------------------------------------------------------ settings
 def _check_settings(**values) -> dict:
     def positive_int(name: str, minimum: int = 1) -> int:
-        value = values[name]
-        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
-            raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
-        return int(value)
+        return check_int_at_least(values[name], name, minimum)
 
     out = {"mask_rate": check_mask_rate(values["mask_rate"])}
     for name in ("steps", "batch_size", "gradient_accumulation", "checkpoint_every"):
@@ -396,10 +395,6 @@ def _schedule(settings: dict):
     )
 
 
-def _decay_mask(params):
-    return jax.tree.map(lambda p: p.ndim >= 2, params)
-
-
 def _is_key_bias(path) -> bool:
     return "attention.key.bias" in ".".join(key_name(entry) for entry in path)
 
@@ -422,7 +417,7 @@ def _optimizer(weight_decay: float, max_grad_norm: float | None) -> optax.Gradie
     parts = [optax.masked(optax.set_to_zero(), _frozen_mask)]
     if max_grad_norm is not None:
         parts.append(optax.clip_by_global_norm(max_grad_norm))
-    parts += [optax.scale_by_adam(), optax.add_decayed_weights(weight_decay, mask=_decay_mask)]
+    parts += [optax.scale_by_adam(), optax.add_decayed_weights(weight_decay, mask=decay_mask)]
     return optax.chain(*parts)
 
 
@@ -469,7 +464,7 @@ def _load(source: str | os.PathLike) -> BulkRNABert:
     except CheckpointError:
         text = str(source)
         if isinstance(source, str) and not Path(text).expanduser().exists():
-            if not _looks_like_repo_id(text):
+            if not looks_like_repo_id(text):
                 raise ValueError(
                     f"model={source!r} is not a preset name (one of {sorted(PRESETS)}), an "
                     "existing checkpoint folder or a Hugging Face repo id (like "

@@ -9,17 +9,14 @@ import numpy as np
 import pandas as pd
 
 from .. import _logging as logg
-from .._core.data import get_modality
+from .._anndata import get_modality
+from .._keys import RISK_KEY, SCANPY_OBS_KEYS, is_finetune_uns_key, risk_group_key
 
 if TYPE_CHECKING:  # pragma: no cover
     from anndata import AnnData
 
 __all__ = ["quantile_groups", "risk_groups"]
 
-#: ``obs`` column of the risk scores that ``tl.finetune`` and ``tl.predict`` write (survival).
-RISK_KEY = "bulkrnabert_risk"
-#: Suffix of the ``uns`` record of a fine-tuning run: ``uns[f"{key_added}{UNS_SUFFIX}"]``.
-UNS_SUFFIX = "_finetune"
 _RISK_LABELS = {2: ("low risk", "high risk"), 3: ("low risk", "intermediate risk", "high risk")}
 
 
@@ -95,7 +92,7 @@ def finetune_records(adata: AnnData, task: str | None = None) -> dict[str, Mappi
     """
     out = {}
     for key, value in adata.uns.items():
-        if str(key).endswith(UNS_SUFFIX) and isinstance(value, Mapping):
+        if is_finetune_uns_key(key) and isinstance(value, Mapping):
             if "fields" in value and "params" in value:
                 if task is None or value["params"].get("task") == task:
                     out[str(key)] = value
@@ -174,25 +171,25 @@ def risk_groups(
     >>> brb.tl.risk_groups(adata, groups=(0.25, 0.75))  # doctest: +SKIP
     >>> brb.pl.kaplan_meier(adata, groupby="os_time_bulkrnabert_risk_group")  # doctest: +SKIP
     """
-    from ._embed import SCANPY_OBS_KEYS, check_data
+    from ._embed import check_data
 
     check_data(data, "tl.risk_groups")
     if risk_key is None:
         risk_key = default_risk_key(get_modality(data, mod))
     if not isinstance(risk_key, str) or not risk_key:
         raise ValueError(f"risk_key must be an obs column name, got {risk_key!r}.")
-    key = f"{risk_key}_group" if key_added is None else key_added
+    key = risk_group_key(risk_key) if key_added is None else key_added
     if not isinstance(key, str) or not key:
         raise ValueError(f"key_added must be a non-empty string or None, got {key_added!r}.")
     if key == risk_key:
         raise ValueError(
             f"key_added={key!r} would overwrite the risk scores in obs[{risk_key!r}]; choose "
-            f"another name, e.g. the default {risk_key + '_group'!r}."
+            f"another name, e.g. the default {risk_group_key(risk_key)!r}."
         )
     if key in SCANPY_OBS_KEYS:
         raise ValueError(
             f"key_added={key!r} is not allowed: obs[{key!r}] belongs to scanpy. Choose another "
-            f"name, e.g. the default {risk_key + '_group'!r}."
+            f"name, e.g. the default {risk_group_key(risk_key)!r}."
         )
     adata = get_modality(data, mod)
     if risk_key not in adata.obs:

@@ -412,7 +412,7 @@ def fit_linear_head(
     PCA-whitened (``penalties``, see :data:`PENALTIES`), the model is fitted with the penalty
     ``l2 / 2 * ||w||^2`` added to the mean loss per sample
     (scikit-learn's ``LogisticRegression(C=1 / (l2 * n))``, sample weights = class weights; or
-    :func:`~bulkrnabert_sv._core.survival.ridge_cox`), and the standardisation is folded into
+    :func:`~bulkrnabert_sv.training.survival.ridge_cox`), and the standardisation is folded into
     the returned weights.
 
     With several candidates (``l2`` values times ``penalties``), the models of every fold of

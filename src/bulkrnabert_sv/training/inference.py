@@ -19,14 +19,14 @@ import jax
 import numpy as np
 from flax import nnx
 
-from .checks import check_layer_index, check_positive_int
+from .._validation import check_layer_index, check_positive_int
 from .sharding import batch_sharding, data_mesh, global_array, replicate, replicated
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "layer"))
-def _mean_embedding(graphdef, state, tokens, *, layer: int):
-    # Compiled once per (model structure, layer, batch shape, sharding); jax caches it.
-    return nnx.merge(graphdef, state).mean_embedding(tokens, layer=layer)
+@functools.partial(jax.jit, static_argnames=("graphdef", "block"))
+def _mean_embedding(graphdef, state, tokens, *, block: int):
+    # Compiled once per (model structure, block, batch shape, sharding); jax caches it.
+    return nnx.merge(graphdef, state).mean_embedding(tokens, block=block)
 
 
 class _Runner:
@@ -40,12 +40,12 @@ class _Runner:
         self,
         model,
         *,
-        layer: int,
+        block: int,
         batch_size: int,
         devices: Sequence | None,
         n_obs: int | None = None,
     ):
-        self.layer = model._resolve_layer(check_layer_index(layer, "layer"))
+        self.block = model.resolve_block(check_layer_index(block, "block"))
         self.n_genes = model.config.n_genes
         devices = list(jax.local_devices() if devices is None else devices)
         if not devices:
@@ -85,7 +85,7 @@ class _Runner:
             placed = global_array(tokens, self.token_sharding)
         else:
             placed = jax.device_put(tokens, self.token_sharding)
-        return _mean_embedding(self.graphdef, self.state, placed, layer=self.layer), n
+        return _mean_embedding(self.graphdef, self.state, placed, block=self.block), n
 
     def fetch(self, out: jax.Array, n: int) -> np.ndarray:
         """The first ``n`` rows of a dispatched batch on the host (gathered from all processes
@@ -114,7 +114,7 @@ def embed_tokens(
     model,
     batches: Iterable[tuple[int, int, np.ndarray]],
     *,
-    layer: int = -1,
+    block: int = -1,
     progress: bool = True,
     n_obs: int | None = None,
     batch_size: int | None = None,
@@ -129,8 +129,8 @@ def embed_tokens(
         A :class:`~bulkrnabert_sv.model.BulkRNABert`.
     batches
         Iterable of ``(start, stop, tokens)`` with int32 tokens (stop - start, n_genes), e.g.
-        :func:`bulkrnabert_sv._core.tokens.token_batches`. Batches may come in any order.
-    layer
+        :func:`bulkrnabert_sv.pp._tokens.token_batches`. Batches may come in any order.
+    block
         Transformer block whose output is averaged over genes (1-indexed; -1 = last).
     progress
         Show a progress bar (samples).
@@ -152,7 +152,7 @@ def embed_tokens(
     """
     from .._logging import progress_bar
 
-    check_layer_index(layer, "layer")
+    check_layer_index(block, "block")
     n_obs = getattr(batches, "n_obs", None) if n_obs is None else n_obs
     batch_size = getattr(batches, "batch_size", None) if batch_size is None else batch_size
     if batch_size is not None:
@@ -163,7 +163,7 @@ def embed_tokens(
         return np.zeros((n_obs or 0, model.config.embed_dim), dtype=np.float32)
     runner = _Runner(
         model,
-        layer=layer,
+        block=block,
         batch_size=batch_size or max(len(first[2]), 1),
         devices=devices,
         n_obs=n_obs,
@@ -207,7 +207,7 @@ def embed_token_array(
     model,
     tokens: np.ndarray,
     *,
-    layer: int = -1,
+    block: int = -1,
     batch_size: int = 8,
     progress: bool = False,
     devices: Sequence | None = None,
@@ -223,7 +223,7 @@ def embed_token_array(
     return embed_tokens(
         model,
         batches,
-        layer=layer,
+        block=block,
         progress=progress,
         n_obs=n,
         batch_size=batch_size,

@@ -31,11 +31,9 @@ from typing import Any
 import jax
 import numpy as np
 
+from .._files import PRETRAIN_CONFIG_FILE as CONFIG_FILE
 from .._logging import user_stacklevel
 
-CONFIG_FILE = "pretrain_config.json"
-#: Sub-folder of a run's folder where the finished model is saved (read it with load_model).
-FINAL_MODEL_DIR = "model"
 FORMAT = "bulkrnabert-sv-pretrain"
 FORMAT_VERSION = 1
 _STEP_DIR = re.compile(r"^\d+$")

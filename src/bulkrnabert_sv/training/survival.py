@@ -1,5 +1,5 @@
-"""Survival analysis: the Cox partial likelihood (Breslow ties), Harrell's C-index, a ridge Cox
-solver and Breslow's baseline hazard.
+"""Survival analysis: the Cox partial likelihood (Breslow ties), Harrell's C-index (lifelines'),
+a ridge Cox solver and Breslow's baseline hazard.
 
 Conventions: ``durations`` are observed times (> 0), ``events`` are 1 where the event (death,
 progression) was observed and 0 where the sample was censored, and ``risk`` is a log relative
@@ -66,20 +66,18 @@ def cox_negative_log_likelihood(
     return -jnp.sum(e * (r - log_risk_set)) / jnp.maximum(n_events, 1)
 
 
-def concordance_index(durations, risk, events, *, chunk_size: int = 2048) -> float:
-    """Harrell's concordance index of risk scores, with ties as in ``lifelines``.
+def concordance_index(durations, risk, events) -> float:
+    """Harrell's concordance index of risk scores: ``lifelines.utils.concordance_index``.
 
     A pair (i, j) is admissible when i had an event and j left later (``t_j > t_i``), or j was
     censored at the same time (``t_j == t_i``, ``e_j = 0``). It is concordant when
-    ``risk_i > risk_j``; tied risks count one half. Equals
-    ``lifelines.utils.concordance_index(durations, -risk, events)``.
+    ``risk_i > risk_j``; tied risks count one half. lifelines scores survival times (higher =
+    later), so it is given ``-risk``; this function adds the checks and messages.
 
     Parameters
     ----------
     durations, risk, events
         Arrays of shape (n,); ``events`` is 1 for an observed event, 0 for censoring.
-    chunk_size
-        Events compared at once (memory ``chunk_size * n``).
 
     Returns
     -------
@@ -88,8 +86,11 @@ def concordance_index(durations, risk, events, *, chunk_size: int = 2048) -> flo
     Raises
     ------
     ValueError
-        No admissible pair (no event, or every event is the last exit).
+        Arrays of different lengths, non-finite values, or no admissible pair (no event, or
+        every event is the last exit).
     """
+    from lifelines.utils import concordance_index as lifelines_concordance_index
+
     t = np.asarray(durations, dtype=np.float64).reshape(-1)
     r = np.asarray(risk, dtype=np.float64).reshape(-1)
     e = np.asarray(events).reshape(-1).astype(bool)
@@ -100,21 +101,13 @@ def concordance_index(durations, risk, events, *, chunk_size: int = 2048) -> flo
         )
     if not (np.isfinite(t).all() and np.isfinite(r).all()):
         raise ValueError("durations and risk must be finite (no NaN or infinite values).")
-    correct = tied = pairs = 0
-    index = np.flatnonzero(e)
-    for start in range(0, index.size, chunk_size):
-        i = index[start : start + chunk_size]
-        ti, ri = t[i, None], r[i, None]
-        admissible = (t[None, :] > ti) | ((t[None, :] == ti) & ~e[None, :])
-        pairs += int(admissible.sum())
-        correct += int((admissible & (ri > r[None, :])).sum())
-        tied += int((admissible & (ri == r[None, :])).sum())
-    if pairs == 0:
+    try:
+        return float(lifelines_concordance_index(t, -r, e))
+    except ZeroDivisionError:  # lifelines: "No admissable pairs in the dataset."
         raise ValueError(
             "No admissible pairs for the C-index: it needs at least one event followed by a "
             "later exit (event or censoring)."
-        )
-    return (correct + 0.5 * tied) / pairs
+        ) from None
 
 
 # ------------------------------------------------------------------------------ ridge Cox model

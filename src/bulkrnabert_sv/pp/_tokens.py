@@ -7,9 +7,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..pp._align import GeneAlignment, align_genes
-from .checks import TpmRowReport, check_positive_int
-from .data import get_matrix, get_modality, iter_row_batches
+from .._anndata import get_matrix, get_modality, iter_row_batches
+from .._validation import check_positive_int
+from ._align import GeneAlignment, align_genes
+from ._values import TpmRowReport
 
 
 @dataclass
@@ -20,7 +21,7 @@ class TokenBatches:
     the expression matrix is densified at a time. With ``check``, every batch is checked: NaN,
     infinite or negative values raise at their batch; samples that look like counts, log values
     or not TPM, or that have no expressed model gene, are gathered over all batches and named
-    in one :class:`~bulkrnabert_sv._core.checks.ExpressionValueWarning` once the last batch
+    in one :class:`~bulkrnabert_sv.pp.ExpressionValueWarning` once the last batch
     has been read (one per iteration).
     """
 
@@ -54,6 +55,13 @@ class TokenBatches:
         if report is not None:  # every batch read: one warning for the whole matrix
             report.warn(self.names)
 
+    def collect(self) -> np.ndarray:
+        """All rows' tokens at once, int32 (n_obs, n_genes), read one batch at a time."""
+        tokens = np.zeros((self.n_obs, self.model.config.n_genes), dtype=np.int32)
+        for start, stop, block in self:
+            tokens[start:stop] = block
+        return tokens
+
 
 def token_batches(
     data,
@@ -84,7 +92,4 @@ def token_batches(
 def all_tokens(data, model, **kwargs) -> tuple[np.ndarray, GeneAlignment]:
     """All tokens at once (n_obs, n_genes) int32, for small data sets and training."""
     batches = token_batches(data, model, **kwargs)
-    tokens = np.zeros((batches.n_obs, model.config.n_genes), dtype=np.int32)
-    for start, stop, block in batches:
-        tokens[start:stop] = block
-    return tokens, batches.alignment
+    return batches.collect(), batches.alignment

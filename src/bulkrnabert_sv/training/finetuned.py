@@ -27,6 +27,9 @@ import numpy as np
 import pandas as pd
 from flax import nnx
 
+from .._files import FINETUNED_BACKBONE_DIR as BACKBONE_DIR
+from .._files import FINETUNED_META_FILE as META_FILE
+from .._keys import EMBEDDING_KEY, EMBEDDING_UNS_KEY, RISK_COLUMN
 from .survival import cox_negative_log_likelihood
 from .targets import TASKS
 
@@ -34,15 +37,9 @@ FORMAT_NAME = "bulkrnabert-sv-finetuned"
 FORMAT_VERSION = 2
 #: How an ensemble head combines its members (see HeadEnsemble).
 COMBINE = ("probabilities", "mean")
-META_FILE = "finetuned.json"
 HEAD_FILE = "head.safetensors"
-BACKBONE_DIR = "backbone"
 #: How the encoder was fine-tuned (see tl.finetune).
 METHODS = ("probe", "ia3", "full")
-#: Where ``tl.embed`` writes sample embeddings and its parameters.
-EMBEDDING_KEY = "X_bulkrnabert"
-EMBEDDING_UNS_KEY = "bulkrnabert"
-RISK_COLUMN = "risk"
 
 
 # ------------------------------------------------------------------------------------ losses
@@ -74,7 +71,7 @@ class EncoderWithHead(nnx.Module):
         self.embedding_layer = embedding_layer
 
     def __call__(self, tokens):
-        return self.head(self.encoder.mean_embedding(tokens, layer=self.embedding_layer))
+        return self.head(self.encoder.mean_embedding(tokens, block=self.embedding_layer))
 
 
 class HeadEnsemble(nnx.Module):
@@ -148,7 +145,7 @@ def embed_tokens(encoder, batches, *, embedding_layer: int, batch_size: int, pro
     from .inference import embed_tokens as _embed_tokens
 
     return _embed_tokens(
-        encoder, batches, layer=embedding_layer, batch_size=batch_size, progress=progress
+        encoder, batches, block=embedding_layer, batch_size=batch_size, progress=progress
     )
 
 
@@ -187,8 +184,8 @@ def stored_embeddings(
     if (params.get("revision") or None) != (encoder.revision or None):
         return None
     try:
-        same_layer = encoder._resolve_layer(int(params.get("embedding_layer", -1))) == (
-            encoder._resolve_layer(embedding_layer)
+        same_layer = encoder.resolve_block(int(params.get("embedding_layer", -1))) == (
+            encoder.resolve_block(embedding_layer)
         )
     except (TypeError, ValueError):
         return None
@@ -312,7 +309,7 @@ class FinetunedModel:
         progress: bool = False,
     ) -> np.ndarray:
         """Mean embeddings (n_obs, embed_dim) of ``data`` by the (fine-tuned) encoder."""
-        from .tokens import token_batches
+        from ..pp._tokens import token_batches
 
         batches = token_batches(
             data, self.encoder, layer=layer, gene_key=gene_key, mod=mod, batch_size=batch_size
@@ -384,7 +381,7 @@ class FinetunedModel:
         risk = self.predict(data, **kwargs)[RISK_COLUMN].to_numpy()
         times = np.asarray(times, dtype=np.float64).reshape(-1)
         curves = self.survival_function(risk, times)
-        from .data import get_modality
+        from .._anndata import get_modality
 
         index = get_modality(data, kwargs.get("mod", "rna")).obs_names.copy()
         return pd.DataFrame(curves, index=index, columns=pd.Index(times, name="time"))
@@ -415,7 +412,7 @@ class FinetunedModel:
         (classification), or the column ``risk`` (Cox log relative hazard; higher = shorter
         survival).
         """
-        from .data import get_modality
+        from .._anndata import get_modality
 
         adata = get_modality(data, mod)
         embeddings = self.embed(
@@ -434,7 +431,7 @@ class FinetunedModel:
         from safetensors.numpy import save_file
 
         from .._version import __version__
-        from ..model.checkpoints import flat_state
+        from ..model.params import flat_state
 
         folder = Path(path)
         folder.mkdir(parents=True, exist_ok=True)
@@ -488,18 +485,9 @@ def load_finetuned(path) -> FinetunedModel:
         encoder folder (``model.save``) is pointed to ``load_model``.
     """
     from ..model import load_model
-    from ..model.checkpoints import (
-        OWN_CONFIG_FILE,
-        OWN_RULES,
-        WEIGHTS_FILE,
-        CheckpointError,
-        assign,
-        checkpoint_error,
-        flat_state,
-        map_tensors,
-        read_json,
-        read_safetensors,
-    )
+    from ..model.errors import CheckpointError, checkpoint_error
+    from ..model.files import OWN_CONFIG_FILE, WEIGHTS_FILE, read_json, read_safetensors
+    from ..model.params import OWN_RULES, assign, flat_state, map_tensors
 
     folder = Path(path)
     if not folder.is_dir():

@@ -1,1 +1,0 @@
-"""Internal building blocks shared by ``pp`` and ``tl`` (not public API)."""
