@@ -214,3 +214,32 @@ def test_small_model_gradients_equal_the_jax_loop_backward(remat, ia3, monkeypat
         np.testing.assert_allclose(
             np.asarray(got) / scale, np.asarray(want) / scale, rtol=0, atol=1e-5
         )
+
+
+def test_remat_keeps_the_attention_output_instead_of_running_the_forward_again(monkeypatch):
+    from bulkrnabert_sv.model import _host_attention
+
+    jax.clear_caches()
+    calls = {"forward": 0, "backward": 0}
+    forward, backward = _host_attention.attention_forward, _host_backward.attention_backward
+
+    def counted(name, function):
+        def run(*args, **kwargs):
+            calls[name] += 1
+            return function(*args, **kwargs)
+
+        return run
+
+    monkeypatch.setattr(_host_attention, "attention_forward", counted("forward", forward))
+    monkeypatch.setattr(_host_backward, "attention_backward", counted("backward", backward))
+    model = random_model(
+        "small", n_genes=75, attention_implementation="blockwise_host", remat=True, seed=3
+    )
+    tokens = jnp.asarray(np.random.default_rng(0).integers(0, 8, (1, 75)), jnp.int32)
+
+    def loss(model):
+        return jnp.mean(model(tokens)["logits"] ** 2)
+
+    jax.block_until_ready(nnx.jit(nnx.grad(loss))(model))
+    depth = model.config.num_layers
+    assert calls == {"forward": depth, "backward": depth}

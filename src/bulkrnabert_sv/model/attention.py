@@ -39,6 +39,7 @@ import warnings
 
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
 from .._logging import user_stacklevel
 from .config import ATTENTION_IMPLEMENTATIONS
@@ -194,6 +195,23 @@ def _jax_backward(qs, k, v, out, lse, dout, block_q, block_k):
     return _unblocks(dq, lq), _unblocks(dk, lk), _unblocks(dv, lk)
 
 
+#: Names of the blockwise attention's saved outputs (attention output and row log-sum-exp).
+REMAT_SAVED_NAMES = ("blockwise_attention_out", "blockwise_attention_lse")
+
+
+def remat_policy():
+    """The :func:`jax.checkpoint` policy of rematerialised transformer blocks: keep only the
+    blockwise attention's output and log-sum-exp (``REMAT_SAVED_NAMES``: ``(B, L, H, D)`` and
+    ``(B, H, L)`` float32 per block), recompute everything else.
+
+    The backward pass of a rematerialised block then reruns the cheap projections, LayerNorms
+    and feed-forward, but not the attention forward, whose cost is most of the block's at full
+    length (one attention forward fewer per block and step). With the materialised or cuDNN
+    attention nothing is named and this is the default policy (save nothing).
+    """
+    return jax.checkpoint_policies.save_only_these_names(*REMAT_SAVED_NAMES)
+
+
 def _with_recomputing_backward(forward, backward):
     """A :func:`jax.custom_vjp` attention ``f(qs, k, v, block_q, block_k) -> out``.
 
@@ -207,6 +225,10 @@ def _with_recomputing_backward(forward, backward):
 
     def attention_fwd(qs, k, v, block_q, block_k):
         out, lse = forward(qs, k, v, block_q, block_k)
+        # Named so that a rematerialised block can keep them (remat_policy) instead of running
+        # the attention forward a second time in the backward pass.
+        out = checkpoint_name(out, REMAT_SAVED_NAMES[0])
+        lse = checkpoint_name(lse, REMAT_SAVED_NAMES[1])
         return out, (qs, k, v, out, lse)
 
     attention.defvjp(attention_fwd, backward)
@@ -504,5 +526,6 @@ __all__ = [
     "dot_product_attention",
     "flops_per_layer",
     "host_kernel_available",
+    "remat_policy",
     "resolve_implementation",
 ]

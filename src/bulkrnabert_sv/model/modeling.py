@@ -24,7 +24,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from .attention import attention_received, attention_weights, dot_product_attention
+from .attention import (
+    attention_received,
+    attention_weights,
+    dot_product_attention,
+    remat_policy,
+)
 from .config import BulkRNABertConfig
 from .files import save_model
 from .tokenizer import tokenize as _tokenize
@@ -122,7 +127,8 @@ def _block_forward(block: TransformerBlock, x: jax.Array) -> jax.Array:
     return block(x)[0]
 
 
-_remat_block_forward = nnx.remat(_block_forward)
+#: Rematerialised block: keeps the blockwise attention's output (see attention.remat_policy).
+_remat_block_forward = nnx.remat(_block_forward, policy=remat_policy())
 
 
 class BulkRNABert(nnx.Module):
@@ -425,7 +431,7 @@ def encode_embeddings(
     return x
 
 
-@partial(jax.checkpoint, static_argnums=(0,))
+@partial(jax.checkpoint, static_argnums=(0,), policy=remat_policy())
 def _checkpointed_block(graphdef, state, x: jax.Array) -> jax.Array:
     return _block_forward(nnx.merge(graphdef, state), x)
 
