@@ -325,175 +325,40 @@ def finetune(
         key_added=key_added,
         obs_key=obs_key,
     )
-    adata = get_modality(data, mod)
-    targets = labelled_targets(data, adata, obs_key, event_key, settings["task"])
-    task = targets.task
-    if task != "survival" and settings["survival_times"] is not None:
-        raise ValueError("survival_times is for survival models; drop it for classification.")
-    check_inputs(targets, settings, obs_key)
-
+    targets = _training_targets(data, get_modality(data, mod), obs_key, event_key, settings)
     encoder = nnx.clone(_load_encoder(model))
-    embedding_block = encoder.resolve_block(check_layer_index(embedding_layer))
-    n_outputs = len(targets.classes) if task == "classification" else 1
+    block = encoder.resolve_block(check_layer_index(embedding_layer))
+    source = _Source(data, layer, gene_key, mod, inference_batch_size, progress)
     info: dict = {"reused_embeddings": False}
-
     if method == "probe":
-        embeddings = _stored_or_embed(
-            encoder,
-            data,
-            embedding_block,
-            layer=layer,
-            gene_key=gene_key,
-            mod=mod,
-            batch_size=inference_batch_size,
-            progress=progress,
-            info=info,
-            function="tl.finetune",
+        fit, tuned_encoder, embeddings = _finetune_probe(
+            encoder, source, block, targets, settings, class_weight, random_state, info
         )
-        fit = fit_probe(
-            embeddings[targets.rows],
-            targets,
-            settings,
-            class_weight=class_weight,
-            random_state=random_state,
-            progress=progress,
-        )
-        final_encoder, final_head = encoder, fit.head
-        train, validation = fit.train, fit.validation
     else:
-        from ..model import MLPHead
-        from ..pp._tokens import token_batches
-
-        rng = np.random.default_rng(random_state)
-        train, validation = stratified_split(targets.strata, settings["validation_fraction"], rng)
-        if task == "classification":
-            targets.set_class_weight(class_weight, train)
-        head_module = MLPHead(
-            encoder.config.embed_dim,
-            settings["hidden_sizes"],
-            n_outputs,
-            layer_norm=settings["layer_norm"],
-            rngs=nnx.Rngs(random_state),
+        fit, tuned_encoder, embeddings = _finetune_encoder(
+            encoder, source, block, targets, settings, class_weight, random_state, remat, info
         )
-        full_targets = _expand(targets, adata.n_obs)
-        original_config = encoder.config
-        if method == "ia3":
-            encoder.enable_ia3()
-        if remat:
-            encoder.config = original_config.replace(remat=True)
-        batches = token_batches(
-            data, encoder, layer=layer, gene_key=gene_key, mod=mod, batch_size=inference_batch_size
-        )
-        info["coverage"] = float(batches.alignment.coverage)
-        tokens = batches.collect()
-        bundle = EncoderWithHead(encoder, head_module, embedding_block)
-        graphdef, params, frozen = nnx.split(bundle, _trainable(method, embedding_block), ...)
-        key = (method, task, *structure_key(encoder), embedding_block, head_key(head_module))
-        trainer = _trainer(key, graphdef, task)
-
-        def trained_modules(params):
-            trained = nnx.merge(graphdef, params, frozen)
-            trained.encoder.config = original_config
-            return trained.encoder, trained.head
-
-        def validation_outputs(params, index):
-            # The same computation as the final predictions (embeddings, then the head).
-            tuned_encoder, tuned_head = trained_modules(params)
-            batches = _ArrayBatches(tokens[index], inference_batch_size)
-            return head_outputs(
-                tuned_head,
-                embed_tokens(
-                    tuned_encoder,
-                    batches,
-                    embedding_layer=embedding_block,
-                    batch_size=inference_batch_size,
-                    progress=False,
-                ),
-            )
-
-        result = trainer.fit(
-            params,
-            frozen,
-            inputs=tokens,
-            targets=full_targets,
-            train_index=targets.rows[train],
-            validation_index=targets.rows[validation],
-            epochs=settings["epochs"],
-            batch_size=settings["batch_size"],
-            patience=early_stopping,
-            rng=rng,
-            learning_rate=settings["learning_rate"],
-            weight_decay=settings["weight_decay"],
-            evaluate=_evaluator(task, full_targets),
-            predict=validation_outputs,
-            progress=progress,
-        )
-        final_encoder, final_head = trained_modules(result.params)
-        embeddings = embed_tokens(
-            final_encoder,
-            _ArrayBatches(tokens, inference_batch_size),
-            embedding_layer=embedding_block,
-            batch_size=inference_batch_size,
-            progress=progress,
-        )
-        fit = ProbeFit(
-            head=final_head,
-            train=train,
-            validation=validation,
-            history=result.history,
-            best_epoch=result.best_epoch,
-            epochs_run=result.epochs_run,
-        )
-
-    outputs = head_outputs(final_head, embeddings)
-    labelled_outputs = outputs[targets.rows]
-    baseline = None
-    if task == "survival":
-        times, hazard = breslow_baseline(
-            labelled_outputs[train, 0],
-            targets.arrays["time"][train],
-            targets.arrays["event"][train],
-        )
-        baseline = {"time": times, "cumulative_hazard": hazard}
-    params_record = {
-        **_settings_record({**settings, "task": task}),
-        "task": task,
-        "method": method,
-        "obs_key": obs_key,
-        "event_key": event_key,
-        "model": encoder.source,
-        "revision": encoder.revision,
-        "embedding_layer": embedding_block,
-        "class_weight": targets.class_weights,
-        "random_state": int(random_state),
-        "layer": layer,
-        "gene_key": gene_key,
-        "remat": bool(remat) if method != "probe" else False,
-        "n_train": int(train.size),
-        "n_validation": int(validation.size),
-        "n_unlabelled": int(targets.n_dropped),
-        **fit.params_record(),
-        **info,
-    }
-    metrics = {"train": _metrics(targets, labelled_outputs, train)}
-    if fit.inner_cv is not None:
-        metrics["inner_cv"] = fit.inner_cv
-    else:
-        metrics["validation"] = _metrics(targets, labelled_outputs, validation)
-    finetuned = FinetunedModel(
-        final_encoder,
-        final_head,
-        task=task,
-        method=method,
-        classes=targets.classes,
-        obs_key=obs_key,
-        event_key=event_key,
-        embedding_layer=embedding_block,
-        params=_drop_none(params_record),
-        metrics=metrics,
-        history=fit.history,
-        selection=fit.selection,
-        baseline_hazard=baseline,
+    outputs = head_outputs(fit.head, embeddings)
+    finetuned = _finetuned(
+        tuned_encoder,
+        fit,
+        outputs[targets.rows],
+        targets,
+        settings,
+        provenance={
+            "obs_key": obs_key,
+            "event_key": event_key,
+            "model": encoder.source,
+            "revision": encoder.revision,
+            "embedding_layer": block,
+        },
+        run={
+            "random_state": int(random_state),
+            "layer": layer,
+            "gene_key": gene_key,
+            "remat": bool(remat) if method != "probe" else False,
+        },
+        info=info,
     )
     target_data = data.copy() if copy else data
     _write(
@@ -505,6 +370,241 @@ def finetune(
         settings["survival_times"],
     )
     return target_data if copy else finetuned
+
+
+# ------------------------------------------------------------------------------ finetune's steps
+@dataclasses.dataclass(frozen=True)
+class _Source:
+    """Where ``tl.finetune`` reads the expression values, and how it runs the encoder on them."""
+
+    data: object
+    layer: str | None
+    gene_key: str | None
+    mod: str
+    batch_size: int
+    progress: bool
+
+    def token_batches(self, encoder):
+        """The data's tokens in ``encoder``'s gene order, in batches of ``batch_size`` rows."""
+        from ..pp._tokens import token_batches
+
+        return token_batches(
+            self.data,
+            encoder,
+            layer=self.layer,
+            gene_key=self.gene_key,
+            mod=self.mod,
+            batch_size=self.batch_size,
+        )
+
+
+def _training_targets(data, adata, obs_key: str, event_key: str | None, settings) -> Targets:
+    """The labelled samples' targets, checked against the settings (folds, split, times)."""
+    targets = labelled_targets(data, adata, obs_key, event_key, settings["task"])
+    if targets.task != "survival" and settings["survival_times"] is not None:
+        raise ValueError("survival_times is for survival models; drop it for classification.")
+    check_inputs(targets, settings, obs_key)
+    return targets
+
+
+def _finetune_probe(
+    encoder, source: _Source, block: int, targets, settings, class_weight, random_state, info
+) -> tuple[ProbeFit, object, np.ndarray]:
+    """``method="probe"``: a head on the frozen encoder's (stored or new) mean embeddings."""
+    embeddings = _stored_or_embed(
+        encoder,
+        source.data,
+        block,
+        layer=source.layer,
+        gene_key=source.gene_key,
+        mod=source.mod,
+        batch_size=source.batch_size,
+        progress=source.progress,
+        info=info,
+        function="tl.finetune",
+    )
+    fit = fit_probe(
+        embeddings[targets.rows],
+        targets,
+        settings,
+        class_weight=class_weight,
+        random_state=random_state,
+        progress=source.progress,
+    )
+    return fit, encoder, embeddings
+
+
+def _finetune_encoder(
+    encoder, source: _Source, block: int, targets, settings, class_weight, random_state, remat, info
+) -> tuple[ProbeFit, object, np.ndarray]:
+    """``method="ia3"``/``"full"``: the encoder and an MLP head trained together on one split."""
+    method, task = settings["method"], targets.task
+    rng = np.random.default_rng(random_state)
+    train, validation = stratified_split(targets.strata, settings["validation_fraction"], rng)
+    if task == "classification":
+        targets.set_class_weight(class_weight, train)
+    head = _new_mlp_head(encoder, targets, settings, random_state)
+    n_obs = get_modality(source.data, source.mod).n_obs
+    full_targets = _expand(targets, n_obs)
+    original_config = _prepare_for_training(encoder, method, remat)
+    batches = source.token_batches(encoder)
+    info["coverage"] = float(batches.alignment.coverage)
+    run = _EncoderRun(
+        EncoderWithHead(encoder, head, block), method, original_config, batches.collect(), source
+    )
+    key = (method, task, *structure_key(encoder), block, head_key(head))
+    result = _trainer(key, run.graphdef, task).fit(
+        run.params,
+        run.frozen,
+        inputs=run.tokens,
+        targets=full_targets,
+        train_index=targets.rows[train],
+        validation_index=targets.rows[validation],
+        epochs=settings["epochs"],
+        batch_size=settings["batch_size"],
+        patience=settings["early_stopping"],
+        rng=rng,
+        learning_rate=settings["learning_rate"],
+        weight_decay=settings["weight_decay"],
+        evaluate=_evaluator(task, full_targets),
+        predict=run.validation_outputs,
+        progress=source.progress,
+    )
+    tuned_encoder, tuned_head = run.modules(result.params)
+    embeddings = run.embed(tuned_encoder, run.tokens, progress=source.progress)
+    fit = ProbeFit(
+        head=tuned_head,
+        train=train,
+        validation=validation,
+        history=result.history,
+        best_epoch=result.best_epoch,
+        epochs_run=result.epochs_run,
+    )
+    return fit, tuned_encoder, embeddings
+
+
+def _new_mlp_head(encoder, targets: Targets, settings, random_state: int):
+    """The MLP head trained with the encoder, initialised from ``random_state``."""
+    from ..model import MLPHead
+
+    n_outputs = len(targets.classes) if targets.task == "classification" else 1
+    return MLPHead(
+        encoder.config.embed_dim,
+        settings["hidden_sizes"],
+        n_outputs,
+        layer_norm=settings["layer_norm"],
+        rngs=nnx.Rngs(random_state),
+    )
+
+
+def _prepare_for_training(encoder, method: str, remat: bool):
+    """Add IA3 vectors (``"ia3"``) and switch remat on; returns the configuration to restore."""
+    original_config = encoder.config
+    if method == "ia3":
+        encoder.enable_ia3()
+    if remat:
+        encoder.config = original_config.replace(remat=True)
+    return original_config
+
+
+class _EncoderRun:
+    """An encoder and head split into trained and frozen parts, and how to read them back."""
+
+    def __init__(self, bundle, method: str, original_config, tokens: np.ndarray, source):
+        self.graphdef, self.params, self.frozen = nnx.split(
+            bundle, _trainable(method, bundle.embedding_layer), ...
+        )
+        self.block = bundle.embedding_layer
+        self.original_config = original_config
+        self.tokens = tokens
+        self.batch_size = source.batch_size
+
+    def modules(self, params):
+        """The trained encoder (its configuration restored) and head for ``params``."""
+        trained = nnx.merge(self.graphdef, params, self.frozen)
+        trained.encoder.config = self.original_config
+        return trained.encoder, trained.head
+
+    def embed(self, encoder, tokens: np.ndarray, *, progress: bool) -> np.ndarray:
+        """Mean embeddings of ``tokens`` by ``encoder`` at the trained block."""
+        return embed_tokens(
+            encoder,
+            _ArrayBatches(tokens, self.batch_size),
+            embedding_layer=self.block,
+            batch_size=self.batch_size,
+            progress=progress,
+        )
+
+    def validation_outputs(self, params, index: np.ndarray) -> np.ndarray:
+        """The head's outputs for ``tokens[index]``, computed as the final predictions are."""
+        encoder, head = self.modules(params)
+        return head_outputs(head, self.embed(encoder, self.tokens[index], progress=False))
+
+
+def _finetuned(
+    encoder,
+    fit: ProbeFit,
+    labelled_outputs: np.ndarray,
+    targets: Targets,
+    settings: Mapping,
+    *,
+    provenance: Mapping,
+    run: Mapping,
+    info: Mapping,
+) -> FinetunedModel:
+    """The :class:`FinetunedModel` of a fit: its ``params``, metrics and baseline hazard.
+
+    ``provenance`` (labels, model, block) and ``run`` (seed, where the values are, remat) are
+    recorded in ``params`` with the resolved settings, the sample counts and ``info`` (reuse of
+    stored embeddings, gene coverage).
+    """
+    task, method = targets.task, settings["method"]
+    train, validation = fit.train, fit.validation
+    params_record = {
+        **_settings_record({**settings, "task": task}),
+        "task": task,
+        "method": method,
+        **provenance,
+        "class_weight": targets.class_weights,
+        **run,
+        "n_train": int(train.size),
+        "n_validation": int(validation.size),
+        "n_unlabelled": int(targets.n_dropped),
+        **fit.params_record(),
+        **info,
+    }
+    metrics = {"train": _metrics(targets, labelled_outputs, train)}
+    if fit.inner_cv is not None:
+        metrics["inner_cv"] = fit.inner_cv
+    else:
+        metrics["validation"] = _metrics(targets, labelled_outputs, validation)
+    return FinetunedModel(
+        encoder,
+        fit.head,
+        task=task,
+        method=method,
+        classes=targets.classes,
+        obs_key=provenance["obs_key"],
+        event_key=provenance["event_key"],
+        embedding_layer=provenance["embedding_layer"],
+        params=_drop_none(params_record),
+        metrics=metrics,
+        history=fit.history,
+        selection=fit.selection,
+        baseline_hazard=_baseline_hazard(labelled_outputs, targets, train),
+    )
+
+
+def _baseline_hazard(labelled_outputs: np.ndarray, targets: Targets, train) -> dict | None:
+    """Survival: Breslow's baseline cumulative hazard of the training samples; else None."""
+    if targets.task != "survival":
+        return None
+    times, hazard = breslow_baseline(
+        labelled_outputs[train, 0],
+        targets.arrays["time"][train],
+        targets.arrays["event"][train],
+    )
+    return {"time": times, "cumulative_hazard": hazard}
 
 
 # ------------------------------------------------------------------------------ the probe
