@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import os
@@ -193,7 +194,45 @@ def pretrain(
     adata = get_modality(data, mod)
     net = _initial_model(model, adata, genes=genes, gene_key=gene_key, seed=random_state)
     tokens = _tokens(adata, net, layer=layer, gene_key=gene_key)
-    n_obs = tokens.shape[0]
+    mesh = _data_mesh(devices, batch_size, tokens.shape[0])
+    saver = _Saver.open(checkpoint_dir, checkpoint_every, resume, net, tokens, settings)
+    graphdef, params, rest = nnx.split(net, nnx.Param, ...)
+    tx, train_step = _train_step(
+        graphdef, settings["weight_decay"], settings["max_grad_norm"], mesh
+    )
+    state = shard.replicate(
+        {"params": params, "opt_state": tx.init(params), "step": np.int32(0)}, mesh
+    )
+    state, history, resumed_from = saver.restore(state, resume)
+    stepper = _Stepper.build(train_step, rest, tokens, net, settings, mesh)
+    start = int(jax.device_get(state["step"]))
+    end = steps if stop_after is None else min(steps, start + stop_after)
+    began = logg.info(
+        f"pretraining {net!r} on {tokens.shape[0]} samples: steps {start + 1} to {end} of {steps}"
+        + ("" if resumed_from is None else f" (resumed from step {resumed_from})")
+    )
+    state = _train(stepper, state, history, range(start, end), saver, callback, progress, steps)
+    done = int(jax.device_get(state["step"]))
+    saver.finish(done, state, history)
+    trained = nnx.merge(graphdef, shard.to_local(state["params"]), shard.to_local(stepper.rest))
+    if saver.checkpointer is not None and done == steps:
+        _save_final_model(trained, Path(checkpoint_dir) / FINAL_MODEL_DIR)
+    frame = _history_frame(
+        history,
+        n_devices=shard.n_shards(mesh),
+        n_processes=jax.process_count(),
+        n_obs=tokens.shape[0],
+        n_genes=net.config.n_genes,
+        resumed_from=resumed_from,
+        checkpoint_dir=None if checkpoint_dir is None else str(checkpoint_dir),
+    )
+    _log_finished(history, done, steps, trained, saver.checkpointer is not None, began)
+    return trained, frame
+
+
+# ------------------------------------------------------------------------------ pretrain's steps
+def _data_mesh(devices, batch_size: int, n_obs: int):
+    """The devices' data mesh, once the micro-batch fits in the data and splits over them."""
     if batch_size > n_obs:
         raise ValueError(
             f"batch_size={batch_size} is larger than the data ({n_obs} samples); "
@@ -206,60 +245,148 @@ def pretrain(
             f"batch_size={batch_size} cannot be split evenly over {n_devices} devices; pass a "
             f"multiple of {n_devices} or choose devices= explicitly."
         )
-    log_baseline = marginal_log_probs(tokens, net.config.n_expressions_bins)
+    return mesh
 
-    checkpointer = None
-    if checkpoint_dir is not None:
-        folder = Path(checkpoint_dir)
-        prepare_folder(folder, _run_config(net, tokens, settings), resume=resume)
-        checkpointer = Checkpointer(folder)
 
-    graphdef, params, rest = nnx.split(net, nnx.Param, ...)
-    tx, train_step = _train_step(
-        graphdef, settings["weight_decay"], settings["max_grad_norm"], mesh
-    )
-    state = shard.replicate(
-        {"params": params, "opt_state": tx.init(params), "step": np.int32(0)}, mesh
-    )
-    history: list[dict] = []
-    resumed_from = None
-    if checkpointer is not None and resume:
-        # The newest readable checkpoint (a damaged latest one is set aside with a warning);
-        # checkpoints beyond the two kept, which a killed run can leave, are deleted.
-        restored = checkpointer.restore_latest(state)
-        if restored is not None:
-            resumed_from, state, meta = restored
-            history = [dict(zip(HISTORY_COLUMNS, row)) for row in meta["history"]]
+class _Saver:
+    """The run's checkpoints: periodic, on interruption and at the end (nothing without a folder).
 
-    learning_rates = np.asarray(jax.jit(jax.vmap(_schedule(settings)))(np.arange(steps)))
-    learning_rates = learning_rates.astype(np.float32)
-    mask_rate = np.float32(settings["mask_rate"])
-    seed = np.uint32(settings["random_state"])
-    sampler = _BatchSampler(n_obs, batch_size, settings["random_state"])
-    rest = shard.replicate(rest, mesh)
-    log_baseline = shard.global_array(log_baseline, shard.replicated(mesh))
-    batch_sharding = shard.batch_sharding(mesh, axis=1)
-    accumulation = settings["gradient_accumulation"]
+    Parameters
+    ----------
+    checkpointer
+        The folder's :class:`Checkpointer`, or None when the run keeps no checkpoints.
+    every
+        Steps between periodic checkpoints.
+    folder
+        The folder as the caller named it (for messages).
+    """
 
-    start = int(jax.device_get(state["step"]))
-    end = steps if stop_after is None else min(steps, start + stop_after)
-    last_saved = resumed_from
-    began = logg.info(
-        f"pretraining {net!r} on {n_obs} samples: steps {start + 1} to {end} of {steps}"
-        + ("" if resumed_from is None else f" (resumed from step {resumed_from})")
-    )
-    bar = _progress_bar(progress, steps, start)
+    def __init__(self, checkpointer: Checkpointer | None, every: int, folder=None):
+        self.checkpointer = checkpointer
+        self.every = every
+        self.folder = folder
+        self.last_saved: int | None = None
+
+    @classmethod
+    def open(cls, folder, every: int, resume: bool, net, tokens, settings: dict) -> _Saver:
+        """Prepare ``folder`` for this run (its configuration must match) and open it."""
+        if folder is None:
+            return cls(None, every)
+        prepare_folder(Path(folder), _run_config(net, tokens, settings), resume=resume)
+        return cls(Checkpointer(Path(folder)), every, folder)
+
+    def restore(self, state, resume: bool) -> tuple[Any, list[dict], int | None]:
+        """The newest readable checkpoint's state and history, and its step (or ``state``).
+
+        A damaged latest checkpoint is set aside with a warning; checkpoints beyond the two
+        kept, which a killed run can leave, are deleted.
+        """
+        if self.checkpointer is None or not resume:
+            return state, [], None
+        restored = self.checkpointer.restore_latest(state)
+        if restored is None:
+            return state, [], None
+        step, state, meta = restored
+        self.last_saved = step
+        return state, [dict(zip(HISTORY_COLUMNS, row)) for row in meta["history"]], step
+
+    def periodic(self, done: int, state, history: list[dict]) -> None:
+        """Save every ``every`` steps."""
+        if self.checkpointer is not None and done % self.every == 0:
+            self.checkpointer.save(done, state, {"history": _rows(history)})
+            self.last_saved = done
+            logg.debug(f"saved the checkpoint of step {done} to {self.folder}")
+
+    def interrupted(self, state, history: list[dict]) -> None:
+        """Save the last completed step (one process only: saving is collective) and close."""
+        if self.checkpointer is None:
+            return
+        done = int(jax.device_get(state["step"]))
+        if done != self.last_saved and done > 0 and jax.process_count() == 1:
+            history = [r for r in history if r["step"] <= done]
+            self.checkpointer.save(done, state, {"history": _rows(history)})
+        self.checkpointer.close()
+
+    def close(self) -> None:
+        if self.checkpointer is not None:
+            self.checkpointer.close()
+
+    def finish(self, done: int, state, history: list[dict]) -> None:
+        """Save the last step unless it is saved already, and close."""
+        if self.checkpointer is None:
+            return
+        if done != self.last_saved and done > 0:
+            self.checkpointer.save(done, state, {"history": _rows(history)})
+        self.checkpointer.close()
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class _Stepper:
+    """One update of the run, its batch, learning rate and masks given by the step number only."""
+
+    train_step: Callable
+    rest: Any
+    tokens: np.ndarray
+    sampler: _BatchSampler
+    accumulation: int
+    batch_sharding: Any
+    log_baseline: Any
+    learning_rates: np.ndarray
+    mask_rate: np.float32
+    seed: np.uint32
+
+    @classmethod
+    def build(cls, train_step, rest, tokens: np.ndarray, net, settings: dict, mesh) -> _Stepper:
+        """The step's inputs: replicated frozen state and baseline, the schedule's values."""
+        log_baseline = marginal_log_probs(tokens, net.config.n_expressions_bins)
+        schedule = jax.jit(jax.vmap(_schedule(settings)))(np.arange(settings["steps"]))
+        return cls(
+            train_step=train_step,
+            rest=shard.replicate(rest, mesh),
+            tokens=tokens,
+            sampler=_BatchSampler(
+                tokens.shape[0], settings["batch_size"], settings["random_state"]
+            ),
+            accumulation=settings["gradient_accumulation"],
+            batch_sharding=shard.batch_sharding(mesh, axis=1),
+            log_baseline=shard.global_array(log_baseline, shard.replicated(mesh)),
+            learning_rates=np.asarray(schedule).astype(np.float32),
+            mask_rate=np.float32(settings["mask_rate"]),
+            seed=np.uint32(settings["random_state"]),
+        )
+
+    def __call__(self, state, step: int) -> tuple[Any, dict]:
+        """The state after update ``step + 1`` and its history row."""
+        micro = [self.sampler(step * self.accumulation + a) for a in range(self.accumulation)]
+        batch = shard.global_array(self.tokens[np.stack(micro)], self.batch_sharding)
+        lr = self.learning_rates[step]
+        state, metrics = self.train_step(
+            state, self.rest, batch, self.log_baseline, lr, self.mask_rate, self.seed
+        )
+        metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        return state, {"step": step + 1, **metrics, "learning_rate": float(lr)}
+
+
+def _train(
+    stepper: _Stepper,
+    state,
+    history: list[dict],
+    steps: range,
+    saver: _Saver,
+    callback: Callable[[dict], Any] | None,
+    progress: bool,
+    total: int,
+):
+    """Run ``steps`` (appending to ``history``), saving as they go; the final state.
+
+    On ``KeyboardInterrupt`` the last completed step is saved; on any exception the
+    checkpoints are closed before it propagates.
+    """
+    bar = _progress_bar(progress, total, steps.start)
     try:
-        for step in range(start, end):
-            indices = [sampler(step * accumulation + a) for a in range(accumulation)]
-            batch = shard.global_array(tokens[np.stack(indices)], batch_sharding)
-            lr = learning_rates[step]
-            out = train_step(state, rest, batch, log_baseline, lr, mask_rate, seed)
-            new_state, metrics = out
-            metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-            row = {"step": step + 1, **metrics, "learning_rate": float(lr)}
+        for step in steps:
+            state, row = stepper(state, step)
             history.append(row)
-            state = new_state
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(
@@ -267,63 +394,47 @@ def pretrain(
                     baseline=f"{row['baseline_loss']:.3f}",
                     acc=f"{row['masked_accuracy']:.3f}",
                 )
-            if checkpointer is not None and (step + 1) % checkpoint_every == 0:
-                checkpointer.save(step + 1, state, {"history": _rows(history)})
-                last_saved = step + 1
-                logg.debug(f"saved the checkpoint of step {step + 1} to {checkpoint_dir}")
+            saver.periodic(step + 1, state, history)
             if callback is not None:
                 callback(dict(row))
     except KeyboardInterrupt:
-        if checkpointer is not None:
-            done = int(jax.device_get(state["step"]))
-            # Saving is collective: with several processes only the periodic checkpoints count.
-            if done != last_saved and done > 0 and jax.process_count() == 1:
-                history = [r for r in history if r["step"] <= done]
-                checkpointer.save(done, state, {"history": _rows(history)})
-            checkpointer.close()
+        saver.interrupted(state, history)
         raise
     except BaseException:
-        if checkpointer is not None:
-            checkpointer.close()
+        saver.close()
         raise
     finally:
         if bar is not None:
             bar.close()
+    return state
 
-    done = int(jax.device_get(state["step"]))
-    if checkpointer is not None:
-        if done != last_saved and done > 0:
-            checkpointer.save(done, state, {"history": _rows(history)})
-        checkpointer.close()
-    trained = nnx.merge(graphdef, shard.to_local(state["params"]), shard.to_local(rest))
-    if checkpointer is not None and done == steps:
-        target = Path(checkpoint_dir) / FINAL_MODEL_DIR
-        if jax.process_index() == 0:
-            trained.save(target)
-        trained.source = str(target)
+
+def _save_final_model(trained: BulkRNABert, target: Path) -> None:
+    """Write the trained model (on the first process) and record it as the model's source."""
+    if jax.process_index() == 0:
+        trained.save(target)
+    trained.source = str(target)
+
+
+def _history_frame(history: list[dict], **attrs) -> pd.DataFrame:
+    """The history as a DataFrame (one row per step), ``attrs`` describing the run."""
     frame = pd.DataFrame(history, columns=list(HISTORY_COLUMNS))
     frame["step"] = frame["step"].astype(int)
-    frame.attrs.update(
-        n_devices=n_devices,
-        n_processes=jax.process_count(),
-        n_obs=n_obs,
-        n_genes=net.config.n_genes,
-        resumed_from=resumed_from,
-        checkpoint_dir=None if checkpoint_dir is None else str(checkpoint_dir),
+    frame.attrs.update(attrs)
+    return frame
+
+
+def _log_finished(history, done: int, steps: int, trained, saved: bool, began) -> None:
+    """Log the last step's loss, baseline and accuracy (and where the model was saved)."""
+    if not history:
+        return
+    last = history[-1]
+    logg.info(
+        f"    finished: step {done} of {steps}, loss {last['loss']:.4g} (baseline "
+        f"{last['baseline_loss']:.4g}), masked accuracy {last['masked_accuracy']:.3f}"
+        + (f"; model saved to {trained.source}" if done == steps and saved else ""),
+        time=began,
     )
-    if history:
-        last = history[-1]
-        logg.info(
-            f"    finished: step {done} of {steps}, loss {last['loss']:.4g} (baseline "
-            f"{last['baseline_loss']:.4g}), masked accuracy {last['masked_accuracy']:.3f}"
-            + (
-                f"; model saved to {trained.source}"
-                if done == steps and checkpointer is not None
-                else ""
-            ),
-            time=began,
-        )
-    return trained, frame
 
 
 # ------------------------------------------------------------------------------------ settings
