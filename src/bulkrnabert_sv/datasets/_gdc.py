@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import re
 import warnings
@@ -144,38 +145,80 @@ def read_gdc(
     """
     import anndata as ad
 
-    from .._logging import progress_bar
-
     if obs_names not in ("file_id", "sample_id"):
         raise ValueError(f"obs_names must be 'file_id' or 'sample_id', not {obs_names!r}.")
     tpm_dtype = _tpm_dtype(dtype)
+    folder = _download_folder(folder)
+    sheet, sheet_paths = _load_sample_sheet(folder, sample_sheet)
+    paths, obs = _files_and_obs(folder, sheet)
+    star = _read_star_files(paths, tpm_dtype, progress)
+    obs = pd.concat([obs, pd.DataFrame(star.summaries, index=obs.index)], axis=1)
+    obs, clinical_paths = _add_clinical(obs, folder, clinical, clinical_columns)
+    var = star.genes.copy()
+    var.index.name = None
+    adata = ad.AnnData(
+        X=star.tpm, obs=_finish_obs(obs, obs_names), var=var, layers={"counts": star.counts}
+    )
+    adata.uns["gdc"] = {
+        "gene_model": star.gene_model,
+        "sample_sheets": [str(p) for p in sheet_paths],
+        "clinical_files": clinical_paths,
+        "n_files": len(paths),
+    }
+    return adata
+
+
+# ------------------------------------------------------------------------------ read_gdc's steps
+def _download_folder(folder: str | Path) -> Path:
+    """``folder`` as a path, refused when it is not a folder."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(
             f"{folder} is not a folder. Pass the folder GDC files were downloaded into "
             "(or download them with bulkrnabert_sv.datasets.download_gdc(project_id, folder))."
         )
-    sheet, sheet_paths = _load_sample_sheet(folder, sample_sheet)
-    if sheet is None:
-        paths = _find_count_files(folder)
-        if not paths:
-            raise FileNotFoundError(
-                f"No STAR-Counts file (*{STAR_COUNTS_SUFFIX}) below {folder}. Download the "
-                "'Gene Expression Quantification' files of workflow 'STAR - Counts' there, e.g. "
-                "with bulkrnabert_sv.datasets.download_gdc(project_id, folder)."
-            )
-        obs = pd.DataFrame(
-            {"file_id": [p.parent.name for p in paths], "file_name": [p.name for p in paths]}
+    return folder
+
+
+def _files_and_obs(folder: Path, sheet: pd.DataFrame | None) -> tuple[list[Path], pd.DataFrame]:
+    """The STAR-Counts files to read and their ``obs`` (from the sample sheet when there is one).
+
+    Without a sheet, every STAR-Counts file below ``folder``, described by its id and name.
+    """
+    if sheet is not None:
+        return _resolve_sheet_files(folder, sheet), _sheet_to_obs(sheet)
+    paths = _find_count_files(folder)
+    if not paths:
+        raise FileNotFoundError(
+            f"No STAR-Counts file (*{STAR_COUNTS_SUFFIX}) below {folder}. Download the "
+            "'Gene Expression Quantification' files of workflow 'STAR - Counts' there, e.g. "
+            "with bulkrnabert_sv.datasets.download_gdc(project_id, folder)."
         )
-    else:
-        paths = _resolve_sheet_files(folder, sheet)
-        obs = _sheet_to_obs(sheet)
+    obs = pd.DataFrame(
+        {"file_id": [p.parent.name for p in paths], "file_name": [p.name for p in paths]}
+    )
+    return paths, obs
+
+
+@dataclasses.dataclass
+class _StarMatrices:
+    """Every file's TPM and counts (samples x genes, genes in the first file's order)."""
+
+    genes: pd.DataFrame
+    gene_model: str | None
+    tpm: np.ndarray
+    counts: np.ndarray
+    summaries: list
+
+
+def _read_star_files(paths: list[Path], tpm_dtype: np.dtype, progress: bool) -> _StarMatrices:
+    """Read the files into one matrix each for TPM and counts, checking they agree on genes."""
+    from .._logging import progress_bar
 
     first = _read_star_file(paths[0])
     gene_ids = first.genes.index
-    n, n_genes = len(paths), len(gene_ids)
-    tpm = np.empty((n, n_genes), dtype=tpm_dtype)
-    counts = np.empty((n, n_genes), dtype=np.int32)
+    tpm = np.empty((len(paths), len(gene_ids)), dtype=tpm_dtype)
+    counts = np.empty((len(paths), len(gene_ids)), dtype=np.int32)
     summaries = []
     for i, path in enumerate(progress_bar(paths, progress=progress, desc="reading GDC files")):
         table = first if i == 0 else _read_star_file(path)
@@ -189,25 +232,19 @@ def read_gdc(
         tpm[i] = table.tpm
         counts[i] = table.counts
         summaries.append(table.summary)
+    return _StarMatrices(first.genes, first.gene_model, tpm, counts, summaries)
 
-    summary = pd.DataFrame(summaries, index=obs.index)
-    obs = pd.concat([obs, summary], axis=1)
-    clinical_paths: list[str] = []
-    if clinical is not False and "case_id" in obs:
-        table, clinical_paths = _load_clinical(folder, clinical)
-        if table is not None:
-            obs = _join_clinical(obs, table, clinical_columns)
-    obs = _finish_obs(obs, obs_names)
-    var = first.genes.copy()
-    var.index.name = None
-    adata = ad.AnnData(X=tpm, obs=obs, var=var, layers={"counts": counts})
-    adata.uns["gdc"] = {
-        "gene_model": first.gene_model,
-        "sample_sheets": [str(p) for p in sheet_paths],
-        "clinical_files": clinical_paths,
-        "n_files": n,
-    }
-    return adata
+
+def _add_clinical(
+    obs: pd.DataFrame, folder: Path, clinical, clinical_columns
+) -> tuple[pd.DataFrame, list[str]]:
+    """``obs`` joined with the clinical table(s) on the case id, and the paths read."""
+    if clinical is False or "case_id" not in obs:
+        return obs, []
+    table, clinical_paths = _load_clinical(folder, clinical)
+    if table is not None:
+        obs = _join_clinical(obs, table, clinical_columns)
+    return obs, clinical_paths
 
 
 def _tpm_dtype(dtype) -> np.dtype:
