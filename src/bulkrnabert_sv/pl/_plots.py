@@ -207,13 +207,44 @@ def kaplan_meier(
     (:func:`lifelines.statistics.logrank_test` for two groups, the multivariate test for
     more). Samples with a missing duration, event or group are left out (with a warning).
     """
-    from lifelines import KaplanMeierFitter
-    from lifelines.statistics import logrank_test, multivariate_logrank_test
-    from matplotlib.lines import Line2D
-
     durations = pd.to_numeric(_obs(adata, duration_key, "durations"), errors="coerce")
     events = pd.to_numeric(_obs(adata, event_key, "event indicators"), errors="coerce")
     group, color_key = _groups(adata, groupby, risk_key, groups, labels)
+    t, e, g = _usable_samples(durations, events, group, duration_key, event_key)
+    present = _present_groups(group, g)
+    palette = category_colors(adata, color_key, group.categories)
+    colors = {c: palette[i] for i, c in enumerate(group.categories) if c in present}
+
+    fig, ax, created = new_axes(ax, (7.0, 4.0 + (0.2 * len(present) + 0.3 if at_risk else 0)))
+    for name in present:
+        _draw_survival_curve(ax, t[g == name], e[g == name], name, colors[name], show_ci)
+    ax.text(
+        0.98,
+        0.98,
+        f"log-rank p = {_logrank_p_value(t, e, g, present):.3g}",
+        transform=ax.transAxes,
+        ha="right",
+        va="top",
+    )
+    ax.set_xlabel(f"time ({time_unit})")
+    ax.set_ylabel("survival probability")
+    ax.set_ylim(0, 1.05)
+    ax.set_xlim(left=0)
+    _survival_legend(ax, censored=bool((e == 0).any()), title=groupby)
+    if at_risk:
+        _at_risk_table(ax, t, g, present, colors)
+    shown = savefig_or_show("kaplan_meier", fig, show=show, save=save, created=created)
+    return None if shown else ax
+
+
+# ------------------------------------------------------------------------- kaplan_meier's steps
+def _usable_samples(
+    durations: pd.Series, events: pd.Series, group: pd.Categorical, duration_key, event_key
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Durations, events and groups of the samples that have all three (a warning counts the rest).
+
+    Raises when the events are not 0/1 or a duration is negative.
+    """
     keep = (durations.notna() & events.notna()).to_numpy() & ~pd.isna(group)
     if not keep.all():
         logg.warn(
@@ -229,64 +260,71 @@ def kaplan_meier(
         )
     if (t < 0).any():
         raise ValueError(f"obs[{duration_key!r}] has negative durations; they must be >= 0.")
-    g = np.asarray(group)[keep]
+    return t, e, np.asarray(group)[keep]
+
+
+def _present_groups(group: pd.Categorical, g: np.ndarray) -> list:
+    """The categories with usable samples (in category order); at least two are needed."""
     present = [c for c in group.categories if (g == c).any()]
     if len(present) < 2:
         raise ValueError(
-            f"Only {len(present)} non-empty group(s) among {int(keep.sum())} usable samples; "
+            f"Only {len(present)} non-empty group(s) among {len(g)} usable samples; "
             "a Kaplan-Meier comparison needs two. Use more samples or fewer groups."
         )
-    palette = category_colors(adata, color_key, group.categories)
-    colors = {c: palette[i] for i, c in enumerate(group.categories) if c in present}
+    return present
 
-    fig, ax, created = new_axes(ax, (7.0, 4.0 + (0.2 * len(present) + 0.3 if at_risk else 0)))
-    for name in present:
-        rows = g == name
-        fitter = KaplanMeierFitter().fit(t[rows], e[rows], label=str(name))
-        curve = fitter.survival_function_.iloc[:, 0]
-        label = f"{name} (n={int(rows.sum())})"
-        color = colors[name]
-        ax.step(curve.index, curve.to_numpy(), where="post", label=label, color=color)
-        if show_ci:
-            band = fitter.confidence_interval_survival_function_
-            ax.fill_between(
-                band.index,
-                band.iloc[:, 0],
-                band.iloc[:, 1],
-                step="post",
-                alpha=0.2,
-                color=color,
-                linewidth=0,
-            )
-        censored = t[rows][e[rows] == 0]
-        if len(censored):
-            ax.plot(
-                censored,
-                fitter.survival_function_at_times(censored).to_numpy(),
-                "+",
-                color=color,
-                markersize=8,
-                label="_censored",
-            )
+
+def _draw_survival_curve(
+    ax: Axes, t: np.ndarray, e: np.ndarray, name, color, show_ci: bool
+) -> None:
+    """One group's Kaplan-Meier step curve, its 95% band and ``+`` marks at censored times."""
+    from lifelines import KaplanMeierFitter
+
+    fitter = KaplanMeierFitter().fit(t, e, label=str(name))
+    curve = fitter.survival_function_.iloc[:, 0]
+    label = f"{name} (n={int(t.size)})"
+    ax.step(curve.index, curve.to_numpy(), where="post", label=label, color=color)
+    if show_ci:
+        band = fitter.confidence_interval_survival_function_
+        ax.fill_between(
+            band.index,
+            band.iloc[:, 0],
+            band.iloc[:, 1],
+            step="post",
+            alpha=0.2,
+            color=color,
+            linewidth=0,
+        )
+    censored = t[e == 0]
+    if len(censored):
+        ax.plot(
+            censored,
+            fitter.survival_function_at_times(censored).to_numpy(),
+            "+",
+            color=color,
+            markersize=8,
+            label="_censored",
+        )
+
+
+def _logrank_p_value(t: np.ndarray, e: np.ndarray, g: np.ndarray, present: list) -> float:
+    """The log-rank test's p-value: two groups, or the multivariate test for more."""
+    from lifelines.statistics import logrank_test, multivariate_logrank_test
+
     if len(present) == 2:
         a, b = (g == present[0]), (g == present[1])
         test = logrank_test(t[a], t[b], event_observed_A=e[a], event_observed_B=e[b])
     else:
         test = multivariate_logrank_test(t, g, e)
-    ax.text(
-        0.98,
-        0.98,
-        f"log-rank p = {test.p_value:.3g}",
-        transform=ax.transAxes,
-        ha="right",
-        va="top",
-    )
-    ax.set_xlabel(f"time ({time_unit})")
-    ax.set_ylabel("survival probability")
-    ax.set_ylim(0, 1.05)
-    ax.set_xlim(left=0)
+    return test.p_value
+
+
+def _survival_legend(ax: Axes, *, censored: bool, title: str | None) -> None:
+    """The curves' legend outside the axes on the right (with the censoring mark if any)."""
+    from matplotlib.lines import Line2D
+
     handles, names = ax.get_legend_handles_labels()
-    if (e == 0).any():
+    if censored:
         handles.append(Line2D([], [], marker="+", linestyle="none", color="0.3", markersize=8))
         names.append("censored")
     ax.legend(
@@ -296,12 +334,8 @@ def kaplan_meier(
         bbox_to_anchor=(1.02, 1.0),
         borderaxespad=0,
         frameon=False,
-        title=groupby,
+        title=title,
     )
-    if at_risk:
-        _at_risk_table(ax, t, g, present, colors)
-    shown = savefig_or_show("kaplan_meier", fig, show=show, save=save, created=created)
-    return None if shown else ax
 
 
 def _history_frame(history, key: str | None) -> tuple[pd.DataFrame, int | None]:
