@@ -26,7 +26,7 @@ from ..model.loading import looks_like_repo_id
 from ..pp._align import strip_ensembl_version
 from ..pp._tokens import token_batches
 from ..training import sharding as shard
-from ..training.fitting import decay_mask
+from ..training.fitting import adamw_transform
 from ..training.masking import check_mask_rate, marginal_log_probs, masked_sums, sample_mask
 from ..training.pretrain_checkpoint import (
     Checkpointer,
@@ -515,21 +515,19 @@ def _frozen_mask(params):
 
 
 def _optimizer(weight_decay: float, max_grad_norm: float | None) -> optax.GradientTransformation:
-    """AdamW without its last stage, the learning rate, which the step applies.
+    """The package's AdamW (:func:`~bulkrnabert_sv.training.fitting.adamw_transform`) without
+    its last stage, the learning rate, which the step applies, and with the key biases frozen.
 
-    ``optax.adamw(schedule)`` is ``chain(scale_by_adam, add_decayed_weights,
-    scale_by_learning_rate(schedule))``; taking the learning rate as an argument of the step
-    instead keeps the compiled step independent of the schedule's settings.
+    Taking the learning rate as an argument of the step keeps the compiled step independent of
+    the schedule's settings.
 
     Attention key biases are not trained: adding ``b`` to every key adds ``q·b`` to all of a
     query's logits, which the softmax ignores, so their gradient is zero up to rounding, and Adam
     would turn that rounding noise into steps of the full learning rate.
     """
-    parts = [optax.masked(optax.set_to_zero(), _frozen_mask)]
-    if max_grad_norm is not None:
-        parts.append(optax.clip_by_global_norm(max_grad_norm))
-    parts += [optax.scale_by_adam(), optax.add_decayed_weights(weight_decay, mask=decay_mask)]
-    return optax.chain(*parts)
+    return adamw_transform(
+        weight_decay, learning_rate=None, max_grad_norm=max_grad_norm, frozen=_frozen_mask
+    )
 
 
 # ------------------------------------------------------------------------------------ model, data

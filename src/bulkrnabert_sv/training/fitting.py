@@ -72,16 +72,53 @@ def decay_mask(params):
     return jax.tree_util.tree_map(lambda p: jnp.ndim(p) >= 2, params)
 
 
+def adamw_transform(
+    weight_decay,
+    *,
+    learning_rate=None,
+    max_grad_norm: float | None = 1.0,
+    frozen: Callable | None = None,
+) -> optax.GradientTransformation:
+    """The package's optimiser: AdamW with decoupled weight decay on matrices only.
+
+    ``chain(set_to_zero on frozen, clip_by_global_norm, scale_by_adam, add_decayed_weights,
+    scale_by_learning_rate)``, the stages of :func:`optax.adamw` with its defaults, after
+    clipping; every tool trains with it (:class:`Trainer` through :func:`adamw`, and
+    ``tl.pretrain``).
+
+    Parameters
+    ----------
+    weight_decay
+        Decoupled weight decay (a number, or an injected hyperparameter), applied to weight
+        matrices only (:func:`decay_mask`: not to biases, norms, IA3 or mask vectors).
+    learning_rate
+        The learning rate (a number, schedule or injected hyperparameter). ``None``: no last
+        stage; the updates are AdamW's direction and the caller applies ``-learning_rate``
+        (``tl.pretrain``, whose compiled step takes the rate as an argument).
+    max_grad_norm
+        Clip gradients to this global norm first (``None``: no clipping).
+    frozen
+        A mask function of the parameters (True = frozen): those gradients are set to zero
+        before anything else, so they move neither Adam's moments nor the parameters.
+    """
+    parts = [] if frozen is None else [optax.masked(optax.set_to_zero(), frozen)]
+    if max_grad_norm is not None:
+        parts.append(optax.clip_by_global_norm(max_grad_norm))
+    parts += [optax.scale_by_adam(), optax.add_decayed_weights(weight_decay, mask=decay_mask)]
+    if learning_rate is not None:
+        parts.append(optax.scale_by_learning_rate(learning_rate))
+    return optax.chain(*parts)
+
+
 def adamw(max_grad_norm: float | None = 1.0):
-    """AdamW (decay on matrices only) after gradient clipping, as a factory of
-    ``(learning_rate, weight_decay)`` whose values live in the optimiser state (so one compiled
-    step serves every learning rate)."""
+    """:func:`adamw_transform` as a factory of ``(learning_rate, weight_decay)`` whose values
+    live in the optimiser state (so one compiled step serves every learning rate)."""
 
     @optax.inject_hyperparams
     def make(learning_rate, weight_decay):
-        parts = [] if max_grad_norm is None else [optax.clip_by_global_norm(max_grad_norm)]
-        parts.append(optax.adamw(learning_rate, weight_decay=weight_decay, mask=decay_mask))
-        return optax.chain(*parts)
+        return adamw_transform(
+            weight_decay, learning_rate=learning_rate, max_grad_norm=max_grad_norm
+        )
 
     return make
 
