@@ -185,7 +185,7 @@ if task == "attribute_step":
     head = MLPHead(model.config.embed_dim, [], 2, rngs=nnx.Rngs(0))
     tuned = FinetunedModel(model, head, task="classification", method="probe",
                            classes=["a", "b"], obs_key="group", event_key=None,
-                           embedding_layer=model.config.num_layers)
+                           embedding_block=model.config.num_layers)
 
 def call():
     if task == "embed":

@@ -194,7 +194,7 @@ def _finetuned(tmp_path, n_classes: int = 3):
         classes=[f"type_{i}" for i in range(n_classes)],
         obs_key="cancer_type",
         event_key=None,
-        embedding_layer=1,
+        embedding_block=1,
     )
     return model.save(tmp_path / "finetuned")
 
@@ -274,8 +274,8 @@ def _finetuned_message(folder) -> str:
             "'head.in_features' is 32, but the encoder in backbone/ has embed_dim=16",
         ),
         (
-            lambda m: m.update(embedding_layer=9),
-            "'embedding_layer' is 9, but the encoder in backbone/ has 2 layers",
+            lambda m: m.update(embedding_block=9),
+            "'embedding_block' is 9, but the encoder in backbone/ has 2 layers",
         ),
         (
             lambda m: m["head"].update(activation="swish"),

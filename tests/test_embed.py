@@ -79,7 +79,7 @@ def test_embed_equals_a_direct_model_call(model):
         "revision": "",
         "layer": "X",
         "gene_key": "var_names",
-        "embedding_layer": 2,
+        "embedding_block": 2,
         "pooling": "mean",
         "normalization_factor": model.config.normalization_factor,
         "n_genes": N_VOCAB,
@@ -92,14 +92,14 @@ def test_embed_equals_a_direct_model_call(model):
     assert uns["genes"]["n_unmapped"] == 30 and uns["genes"]["n_missing"] == 1
 
 
-def test_embedding_layer_layer_and_key_added(model):
+def test_embedding_block_layer_and_key_added(model):
     adata = simulated_tpm(5)
     adata.layers["tpm"] = adata.X.copy()
     adata.X = np.zeros_like(adata.X)
-    bs.tl.embed(adata, model, layer="tpm", embedding_layer=1, key_added="X_first", progress=False)
+    bs.tl.embed(adata, model, layer="tpm", embedding_block=1, key_added="X_first", progress=False)
     assert "X_bulkrnabert" not in adata.obsm and "bulkrnabert" not in adata.uns
     params = adata.uns["first"]["params"]
-    assert params["embedding_layer"] == 1 and params["layer"] == "tpm"
+    assert params["embedding_block"] == 1 and params["layer"] == "tpm"
     tpm = ad.AnnData(adata.layers["tpm"], var=adata.var)
     np.testing.assert_allclose(
         adata.obsm["X_first"], reference_embeddings(model, tpm, block=1), atol=2e-6
@@ -214,8 +214,8 @@ def test_failed_calls_leave_the_object_as_it_was(model):
     assert adata.uns["bulkrnabert"] == {"old": 1}
     with pytest.raises(KeyError, match="no 'tpm'"):
         bs.tl.embed(adata, model, layer="tpm", progress=False)
-    with pytest.raises(ValueError, match="embedding layer 3 is out of range"):
-        bs.tl.embed(adata, model, embedding_layer=3, progress=False)
+    with pytest.raises(ValueError, match="block 3 is out of range"):
+        bs.tl.embed(adata, model, embedding_block=3, progress=False)
     with pytest.raises(ValueError, match="batch_size"):
         bs.tl.embed(adata, model, batch_size=0, progress=False)
     with pytest.raises(KeyError, match="gene_key"):
@@ -441,15 +441,15 @@ def test_batch_size_of_another_type_is_a_type_error(model, batch_size):
     assert "X_bulkrnabert" not in adata.obsm
 
 
-@pytest.mark.parametrize("embedding_layer", [2.0, True, False, "1", None])
-def test_embedding_layer_of_another_type_is_a_type_error(model, embedding_layer):
+@pytest.mark.parametrize("embedding_block", [2.0, True, False, "1", None])
+def test_embedding_block_of_another_type_is_a_type_error(model, embedding_block):
     adata = simulated_tpm(4)
-    with pytest.raises(TypeError, match=r"embedding_layer must be an integer block index"):
-        bs.tl.embed(adata, model, embedding_layer=embedding_layer, progress=False)
+    with pytest.raises(TypeError, match=r"embedding_block must be an integer block index"):
+        bs.tl.embed(adata, model, embedding_block=embedding_block, progress=False)
     assert "X_bulkrnabert" not in adata.obsm
     # NumPy integers are integers.
-    bs.tl.embed(adata, model, embedding_layer=np.int64(1), progress=False)
-    assert adata.uns["bulkrnabert"]["params"]["embedding_layer"] == 1
+    bs.tl.embed(adata, model, embedding_block=np.int64(1), progress=False)
+    assert adata.uns["bulkrnabert"]["params"]["embedding_block"] == 1
 
 
 def test_mean_embedding_layer_keyword_is_deprecated(model):

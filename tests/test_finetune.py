@@ -130,7 +130,7 @@ def test_classification_fields_written(trained, cohort):
     assert params["method"] == "probe" and params["task"] == "classification"
     assert params["head"] == "linear" and params["inner_folds"] == 5 and params["n_seeds"] == 1
     assert params["n_train"] == 300 and params["n_validation"] == 0
-    assert params["embedding_layer"] == 2 and "hidden_sizes" not in params
+    assert params["embedding_block"] == 2 and "hidden_sizes" not in params
     assert params["coverage"] == 1.0 and params["reused_embeddings"] is False
     assert "epochs" not in params and record["history"] == {}
     selection = record["selection"]
@@ -329,7 +329,7 @@ def test_probe_reuses_embeddings_of_the_same_model_and_layer(encoder, cohort):
     with pytest.warns(UserWarning, match="replaces the existing obs"):
         bs.tl.predict(data, fitted, progress=False)
     np.testing.assert_array_equal(data.obsm[f"{CLASS_KEY}_proba"], written)
-    for change in ({"embedding_layer": 1}, {"model": "other"}, {"layer": "tpm"}):
+    for change in ({"embedding_block": 1}, {"model": "other"}, {"layer": "tpm"}):
         data.uns["bulkrnabert"] = {"params": {**params, **change}}
         refit = bs.tl.finetune(data.copy(), "cancer_type", **kw)
         assert refit.params["reused_embeddings"] is False

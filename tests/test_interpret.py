@@ -297,7 +297,7 @@ def test_gradient_x_input_equals_the_directional_derivative(tuned, encoder, coho
     d = jnp.take(table, tokens, axis=0) - table[0]
 
     def logit(x):
-        hidden = encode_embeddings(tuned.encoder, x, num_layers=tuned.embedding_layer)
+        hidden = encode_embeddings(tuned.encoder, x, num_layers=tuned.embedding_block)
         return tuned.head(hidden.mean(axis=1))[:, 1]
 
     for j in (0, 4, 20, 50):
@@ -366,7 +366,7 @@ def test_attribution_of_a_survival_model(encoder, cohort):
 
 def _all_zero_embedding(tuned):
     tokens = np.zeros((1, tuned.encoder.config.n_genes), np.int32)
-    return tuned.encoder.mean_embedding(tokens, block=tuned.embedding_layer)
+    return tuned.encoder.mean_embedding(tokens, block=tuned.embedding_block)
 
 
 def test_attribute_refuses_bad_arguments(tuned, encoder, cohort):

@@ -290,7 +290,7 @@ def test_finetune_and_predict_refuse_scanpy_and_label_columns(encoder, tuned, co
 
 
 def test_finetune_and_predict_check_argument_types(encoder, cohort, tuned):
-    with pytest.raises(TypeError, match="embedding_layer"):
-        bs.tl.finetune(cohort.copy(), "cancer_type", model=encoder, embedding_layer=True)
+    with pytest.raises(TypeError, match="embedding_block"):
+        bs.tl.finetune(cohort.copy(), "cancer_type", model=encoder, embedding_block=True)
     with pytest.raises(TypeError, match="batch_size"):
         bs.tl.predict(cohort.copy(), tuned, batch_size="4", progress=False)

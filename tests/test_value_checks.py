@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bulkrnabert_sv._validation import check_layer_index, check_positive_int
+from bulkrnabert_sv._validation import check_block_index, check_positive_int
 from bulkrnabert_sv.pp import ExpressionValueError, ExpressionValueWarning, check_expression
 from bulkrnabert_sv.pp._values import TpmRowReport, row_problems
 
@@ -91,7 +91,7 @@ def test_positive_int_and_layer_index_helpers():
             check_positive_int(bad, "batch_size")
     with pytest.raises(ValueError, match="batch_size must be >= 1, got -2"):
         check_positive_int(-2, "batch_size")
-    assert check_layer_index(-1) == -1 and check_layer_index(np.int16(2)) == 2
+    assert check_block_index(-1) == -1 and check_block_index(np.int16(2)) == 2
     for bad in (2.0, True, "2", None):
-        with pytest.raises(TypeError, match=r"embedding_layer must be an integer block index"):
-            check_layer_index(bad)
+        with pytest.raises(TypeError, match=r"embedding_block must be an integer block index"):
+            check_block_index(bad)

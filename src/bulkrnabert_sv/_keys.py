@@ -20,6 +20,20 @@ def uns_key_for(key_added: str) -> str:
 #: ``uns`` key of ``tl.embed``'s parameters and gene alignment, for the default key.
 EMBEDDING_UNS_KEY = uns_key_for(EMBEDDING_KEY)
 
+#: Key of the embedding's transformer block (1-indexed) in the records the tools write
+#: (``uns[...]["params"]``, ``finetuned.json``).
+BLOCK_KEY = "embedding_block"
+#: Its former name, still read from records written before the rename.
+OLD_BLOCK_KEY = "embedding_layer"
+
+
+def recorded_block(record, default=None):
+    """The block recorded in ``record`` under :data:`BLOCK_KEY`, or else its former name."""
+    if BLOCK_KEY in record:
+        return record[BLOCK_KEY]
+    return record.get(OLD_BLOCK_KEY, default)
+
+
 # ------------------------------------------------------------------------------ fine-tuning
 #: Suffix of the default ``obs`` column of predicted classes: ``f"{obs_key}_bulkrnabert"``.
 CLASS_SUFFIX = "_bulkrnabert"

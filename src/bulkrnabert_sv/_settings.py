@@ -34,6 +34,10 @@ DEPRECATED_ENV = {MODEL_ENV: "BULKRNABERT_MODEL"}
 #: The published weights on the Hugging Face Hub.
 DEFAULT_REPO = "InstaDeepAI/BulkRNABert"
 
+#: Compiled functions kept per builder (``functools.lru_cache(maxsize=...)`` of the fitting,
+#: head and attribution builders, keyed by model structure: hashable NNX GraphDefs).
+COMPILE_CACHE_SIZE = 16
+
 
 def env(name: str) -> str | None:
     """The value of the environment variable ``name`` (empty counts as unset).

@@ -85,10 +85,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="the table has genes in rows and samples in columns (first column: gene ids)",
     )
     embed.add_argument(
+        "--embedding-block",
+        type=int,
+        default=None,
+        help="block whose output is averaged (1-indexed, -1 = last; default -1)",
+    )
+    embed.add_argument(
         "--embedding-layer",
         type=int,
-        default=-1,
-        help="block whose output is averaged (1-indexed, -1 = last; default -1)",
+        default=None,
+        help="deprecated name of --embedding-block",
     )
     embed.add_argument("--batch-size", type=_positive_int, default=8, help="default 8")
     embed.add_argument(
@@ -197,6 +203,21 @@ def _warnings_to_stderr():
 
 
 # ------------------------------------------------------------------------------------ embed
+def _embedding_block(args: argparse.Namespace) -> int:
+    """``--embedding-block`` (default -1), or its deprecated name ``--embedding-layer``."""
+    if args.embedding_layer is None:
+        return -1 if args.embedding_block is None else args.embedding_block
+    if args.embedding_block is not None:
+        raise CliError("pass --embedding-block only (--embedding-layer is its deprecated name)")
+    warnings.warn(
+        "--embedding-layer is deprecated; pass --embedding-block (the transformer block; "
+        "--layer names the AnnData layer holding TPM).",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return args.embedding_layer
+
+
 def run_embed(args: argparse.Namespace) -> int:
     from .tl._embed import embed
 
@@ -230,7 +251,7 @@ def run_embed(args: argparse.Namespace) -> int:
         layer=args.layer,
         gene_key=args.gene_key,
         mod=args.mod,
-        embedding_layer=args.embedding_layer,
+        embedding_block=_embedding_block(args),
         batch_size=args.batch_size,
         key_added=args.key_added,
         progress=not args.no_progress,

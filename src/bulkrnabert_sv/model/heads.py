@@ -25,6 +25,51 @@ _ACTIVATIONS = {
 }
 
 
+class HeadSettings(Mapping):
+    """A head's settings: a read-only, hashable mapping (lists are stored as tuples).
+
+    Hashable so that a head's :class:`flax.nnx.GraphDef`, which holds its settings, can key
+    a cache of compiled functions (``functools.lru_cache``, or a static argument of
+    ``jax.jit``). :meth:`to_dict` gives the JSON form (tuples as lists).
+    """
+
+    __slots__ = ("_items",)
+
+    def __init__(self, settings: Mapping):
+        self._items = tuple(
+            (str(k), tuple(v) if isinstance(v, list | tuple) else v) for k, v in settings.items()
+        )
+
+    def __getitem__(self, key: str):
+        for name, value in self._items:
+            if name == key:
+                return value
+        raise KeyError(key)
+
+    def __iter__(self):
+        return (name for name, _ in self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __hash__(self) -> int:
+        return hash(frozenset(self._items))
+
+    def __eq__(self, other) -> bool:
+        if not isinstance(other, Mapping):
+            return NotImplemented
+        if not isinstance(other, HeadSettings):
+            other = HeadSettings(other)
+        return frozenset(self._items) == frozenset(other._items)
+
+    def __repr__(self) -> str:
+        return f"HeadSettings({self.to_dict()!r})"
+
+    def to_dict(self) -> dict:
+        """The settings as a plain dict, sequences as lists (what ``finetuned.json`` holds)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in self._items}
+
+
 class MLPHead(nnx.Module):
     """MLP head: ``Linear + activation`` per hidden layer, optional LayerNorm, final ``Linear``.
 
@@ -60,14 +105,16 @@ class MLPHead(nnx.Module):
                 raise ValueError(
                     f"Unknown activation {name!r}; choose one of {sorted(_ACTIVATIONS)}."
                 )
-        self.settings = {
-            "in_features": int(in_features),
-            "hidden_sizes": [int(h) for h in hidden_sizes],
-            "n_outputs": int(n_outputs),
-            "layer_norm": bool(layer_norm),
-            "activation": activation,
-            "final_activation": final_activation,
-        }
+        self.settings = HeadSettings(
+            {
+                "in_features": int(in_features),
+                "hidden_sizes": [int(h) for h in hidden_sizes],
+                "n_outputs": int(n_outputs),
+                "layer_norm": bool(layer_norm),
+                "activation": activation,
+                "final_activation": final_activation,
+            }
+        )
         sizes = [int(in_features), *(int(h) for h in hidden_sizes)]
         self.hidden = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in itertools.pairwise(sizes)])
         self.norm = (

@@ -340,13 +340,9 @@ class BulkRNABert(nnx.Module):
         resolved = n + 1 + block if block < 0 else block
         if not 1 <= resolved <= n:
             raise ValueError(
-                f"embedding layer {block} is out of range for a {n}-layer model "
-                f"(use 1..{n} or -{n}..-1)"
+                f"block {block} is out of range for a {n}-layer model (use 1..{n} or -{n}..-1)"
             )
         return resolved
-
-    #: The former name of :meth:`resolve_block` (still called by ``tl.cross_validate``).
-    _resolve_layer = resolve_block
 
     # ------------------------------------------------------------------------------ bookkeeping
     def num_parameters(self, filter=nnx.Param) -> int:

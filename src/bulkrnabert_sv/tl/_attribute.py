@@ -3,6 +3,7 @@ fine-tuned head's output (integrated gradients or gradient × input)."""
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -11,7 +12,8 @@ import pandas as pd
 
 from .. import _logging as logg
 from .._anndata import get_modality
-from .._keys import ATTRIBUTION_KEY
+from .._keys import ATTRIBUTION_KEY, BLOCK_KEY
+from .._settings import COMPILE_CACHE_SIZE
 from .._validation import check_positive_int
 from .._version import __version__
 from ._embed import check_data
@@ -56,56 +58,57 @@ def integration_rule(method: str, n_steps: int) -> tuple[np.ndarray, np.ndarray]
 
 
 def _attribution_function(tuned, remat: bool):
-    """The compiled attribution of a batch, cached by the encoder's structure and the head."""
+    """The compiled attribution of a batch for a fine-tuned model (see :func:`_attribution`)."""
+    from flax import nnx
+
+    enc_graph, _ = nnx.split(tuned.encoder)
+    head_graph, _ = nnx.split(tuned.head)
+    return _attribution(enc_graph, head_graph, tuned.embedding_block, remat)
+
+
+@functools.lru_cache(maxsize=COMPILE_CACHE_SIZE)
+def _attribution(enc_graph, head_graph, block: int, remat: bool):
+    """The jitted attribution of a batch, built once per encoder and head structure."""
     import jax
     import jax.numpy as jnp
     from flax import nnx
 
     from ..model.modeling import encode_embeddings, input_embeddings
-    from ..training.finetuned import compiled, head_key, structure_key
 
-    enc_graph, _ = nnx.split(tuned.encoder)
-    head_graph, _ = nnx.split(tuned.head)
-    depth = tuned.embedding_layer
+    def attribute_batch(enc_state, head_state, tokens, columns, alphas, weights):
+        encoder = nnx.merge(enc_graph, enc_state)
+        head = nnx.merge(head_graph, head_state)
+        table = encoder.expression_embedding.embedding[...]
+        # zero-expression baseline: every gene at token 0 (its gene embedding kept)
+        base = input_embeddings(encoder, jnp.zeros_like(tokens))
+        delta = jnp.take(table, tokens, axis=0, mode="clip") - table[0]
 
-    def build():
-        def attribute_batch(enc_state, head_state, tokens, columns, alphas, weights):
-            encoder = nnx.merge(enc_graph, enc_state)
-            head = nnx.merge(head_graph, head_state)
-            table = encoder.expression_embedding.embedding[...]
-            # zero-expression baseline: every gene at token 0 (its gene embedding kept)
-            base = input_embeddings(encoder, jnp.zeros_like(tokens))
-            delta = jnp.take(table, tokens, axis=0, mode="clip") - table[0]
+        def outputs(x):
+            hidden = encode_embeddings(encoder, x, num_layers=block, remat=remat)
+            return head(hidden.astype(jnp.float32).mean(axis=1))
 
-            def outputs(x):
-                hidden = encode_embeddings(encoder, x, num_layers=depth, remat=remat)
-                return head(hidden.astype(jnp.float32).mean(axis=1))
+        out = outputs(base + delta)
+        out_base = outputs(base[:1])[0]
+        # one backward pass per explained output column, one after the other (lax.map:
+        # the memory of one backward pass), sharing the forward pass
+        picks = jax.nn.one_hot(columns, out.shape[-1], dtype=out.dtype)  # (K, n_outputs)
+        cotangents = jnp.broadcast_to(picks[:, None, :], (len(columns), *out.shape))
 
-            out = outputs(base + delta)
-            out_base = outputs(base[:1])[0]
-            # one backward pass per explained output column, one after the other (lax.map:
-            # the memory of one backward pass), sharing the forward pass
-            picks = jax.nn.one_hot(columns, out.shape[-1], dtype=out.dtype)  # (K, n_outputs)
-            cotangents = jnp.broadcast_to(picks[:, None, :], (len(columns), *out.shape))
+        def step(total, point):
+            alpha, weight = point
+            _, pullback = jax.vjp(outputs, base + alpha * delta)
 
-            def step(total, point):
-                alpha, weight = point
-                _, pullback = jax.vjp(outputs, base + alpha * delta)
+            def column(cotangent):  # (B, L): d_j . dF_k/dx_j
+                return jnp.sum(pullback(cotangent)[0] * delta, axis=-1)
 
-                def column(cotangent):  # (B, L): d_j . dF_k/dx_j
-                    return jnp.sum(pullback(cotangent)[0] * delta, axis=-1)
+            scores = jax.lax.map(column, cotangents)  # (K, B, L)
+            return total + weight * jnp.moveaxis(scores, 0, 1), None
 
-                scores = jax.lax.map(column, cotangents)  # (K, B, L)
-                return total + weight * jnp.moveaxis(scores, 0, 1), None
+        init = jnp.zeros((tokens.shape[0], len(columns), tokens.shape[1]), jnp.float32)
+        scores, _ = jax.lax.scan(step, init, (alphas, weights))
+        return scores, out, out_base
 
-            init = jnp.zeros((tokens.shape[0], len(columns), tokens.shape[1]), jnp.float32)
-            scores, _ = jax.lax.scan(step, init, (alphas, weights))
-            return scores, out, out_base
-
-        return jax.jit(attribute_batch)
-
-    key = ("attribute", structure_key(tuned.encoder), head_key(tuned.head), depth, remat)
-    return compiled(key, build)
+    return jax.jit(attribute_batch)
 
 
 def resolve_columns(tuned, target) -> list[int]:
@@ -380,7 +383,7 @@ def attribute(
         "task": tuned.task,
         "finetune_method": tuned.method,
         "classes": [] if classes is None else classes,
-        "embedding_layer": int(tuned.embedding_layer),
+        BLOCK_KEY: int(tuned.embedding_block),
         "gene_coverage": float(batches.alignment.coverage),
         "layer": "X" if layer is None else layer,
         "gene_key": "var_names" if gene_key is None else gene_key,

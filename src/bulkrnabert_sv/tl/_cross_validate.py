@@ -18,6 +18,8 @@ import numpy as np
 import pandas as pd
 
 from .._anndata import get_modality
+from .._keys import BLOCK_KEY
+from .._validation import renamed_keywords
 from ..training.finetuned import head_outputs
 from ..training.fitting import DEFAULT_PENALTIES, stratified_folds
 from ..training.metrics import (
@@ -154,6 +156,7 @@ class CrossValidationResult:
         return f"{head}\n{table.round(3).to_string()}"
 
 
+@renamed_keywords("tl.cross_validate", embedding_layer="embedding_block")
 def cross_validate(
     data,
     obs_key: str,
@@ -170,7 +173,7 @@ def cross_validate(
     times: Sequence[float] | None = None,
     confidence: float = 0.95,
     random_state: int = 0,
-    embedding_layer: int = -1,
+    embedding_block: int = -1,
     layer: str | None = None,
     gene_key: str | None = None,
     mod: str = "rna",
@@ -228,8 +231,9 @@ def cross_validate(
         Coverage of the intervals.
     random_state
         Seed of the folds (repeat ``r`` uses seed ``(random_state, r)``) and of the models.
-    embedding_layer, layer, gene_key, mod, inference_batch_size, progress
-        As for ``finetune``.
+    embedding_block, layer, gene_key, mod, inference_batch_size, progress
+        As for ``finetune`` (``embedding_layer=`` is the deprecated name of
+        ``embedding_block``).
     **finetune_settings
         Settings of ``finetune`` for the BulkRNABert model: ``head``, ``hidden_sizes``,
         ``layer_norm``, ``l2``, ``penalty``, ``inner_folds``, ``n_seeds``, ``epochs``, ``learning_rate``,
@@ -295,11 +299,11 @@ def cross_validate(
     check_inputs(targets, settings, obs_key)
 
     encoder = _load_encoder(model)
-    depth = encoder._resolve_layer(embedding_layer)
+    block = encoder.resolve_block(embedding_block)
     embeddings = _stored_or_embed(
         encoder,
         data,
-        depth,
+        block,
         layer=layer,
         gene_key=gene_key,
         mod=mod,
@@ -341,7 +345,7 @@ def cross_validate(
         remat=remat,
         class_weight=class_weight,
         random_state=random_state,
-        embedding_layer=depth,
+        block=block,
         layer=layer,
         gene_key=gene_key,
         mod=mod,
@@ -405,7 +409,7 @@ def cross_validate(
         "test_to_train": ratio,
         "random_state": int(random_state),
         "model": encoder.source,
-        "embedding_layer": depth,
+        BLOCK_KEY: block,
         "settings": {k: v for k, v in settings.items() if v is not None},
     }
     return CrossValidationResult(
@@ -492,7 +496,7 @@ def _bulkrnabert_fold(
     remat,
     class_weight,
     random_state,
-    embedding_layer,
+    block,
     layer,
     gene_key,
     mod,
@@ -536,7 +540,7 @@ def _bulkrnabert_fold(
             event_key=event_key,
             method=method,
             model=encoder,
-            embedding_layer=embedding_layer,
+            embedding_block=block,
             random_state=random_state,
             layer=layer,
             gene_key=gene_key,

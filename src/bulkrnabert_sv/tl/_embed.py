@@ -13,6 +13,7 @@ import numpy as np
 from .. import _logging as logg
 from .._anndata import get_modality
 from .._keys import (
+    BLOCK_KEY,
     COLORS_SUFFIX,
     EMBEDDING_KEY,
     SCANPY_OBSM_KEYS,
@@ -21,7 +22,7 @@ from .._keys import (
     is_finetune_uns_key,
     uns_key_for,
 )
-from .._validation import check_layer_index, check_positive_int
+from .._validation import check_block_index, check_positive_int, renamed_keywords
 from .._version import __version__
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -193,6 +194,7 @@ def stale_reason(params: Mapping, model, batches: HashingBatches) -> str | None:
     return None
 
 
+@renamed_keywords("tl.embed", embedding_layer="embedding_block")
 def embed(
     data,
     model: str | os.PathLike | BulkRNABert | None = None,
@@ -200,7 +202,7 @@ def embed(
     layer: str | None = None,
     gene_key: str | None = None,
     mod: str = "rna",
-    embedding_layer: int = -1,
+    embedding_block: int = -1,
     batch_size: int = 8,
     key_added: str = EMBEDDING_KEY,
     copy: bool = False,
@@ -213,7 +215,7 @@ def embed(
     Ensembl ids with or without versions, or HGNC symbols; missing model genes get TPM 0), the TPM
     values are checked (NaN, infinite or negative values raise; raw counts or log values warn),
     binned into tokens and run through the encoder one batch at a time. A sample's embedding is
-    the mean over all model genes of the output of block ``embedding_layer``.
+    the mean over all model genes of the output of block ``embedding_block``.
 
     Parameters
     ----------
@@ -230,8 +232,9 @@ def embed(
         A ``var`` column holding the gene identifiers (default ``var_names``).
     mod
         For a MuData: the modality to embed; results are written to that modality.
-    embedding_layer
+    embedding_block
         Transformer block whose output is averaged (1-indexed; -1 = last, the published choice).
+        ``embedding_layer=`` is its deprecated name (``layer`` means an AnnData layer).
     batch_size
         Samples per forward pass. Results do not depend on it (up to float rounding, ~1e-7).
     key_added
@@ -267,15 +270,15 @@ def embed(
         float32 array (n_obs, embed_dim): the sample embeddings.
     ``uns[uns_key]["params"]``
         ``model`` (source: repo id, folder or ``"in-memory model"``), ``revision`` (hub commit or
-        ``""``), ``layer`` (``"X"`` or the layer name), ``gene_key``, ``embedding_layer``
-        (1-indexed block), ``pooling`` (``"mean"`` over all model genes),
-        ``normalization_factor``, ``n_genes``, ``embed_dim``, ``num_layers``,
-        ``gene_coverage`` (fraction of model genes found), ``package_version``, and two
-        fingerprints: ``model_sha256`` (the model's config, genes and weights) and
-        ``tokens_sha256`` (the tokens embedded, made from the expression values while they
-        were read). :func:`~bulkrnabert_sv.tl.finetune` and :func:`~bulkrnabert_sv.tl.predict`
-        reuse ``obsm[key_added]`` only when both still match, and otherwise recompute with a
-        warning saying why (X changed, or the model did).
+        ``""``), ``layer`` (``"X"`` or the layer name), ``gene_key``, ``embedding_block``
+        (1-indexed block; records written before its rename say ``embedding_layer``),
+        ``pooling`` (``"mean"`` over all model genes), ``normalization_factor``, ``n_genes``,
+        ``embed_dim``, ``num_layers``, ``gene_coverage`` (fraction of model genes found),
+        ``package_version``, and two fingerprints: ``model_sha256`` (the model's config, genes
+        and weights) and ``tokens_sha256`` (the tokens embedded, made from the expression values
+        while they were read). :func:`~bulkrnabert_sv.tl.finetune` and
+        :func:`~bulkrnabert_sv.tl.predict` reuse ``obsm[key_added]`` only when both still
+        match, and otherwise recompute with a warning saying why (X changed, or the model did).
     ``uns[uns_key]["genes"]``
         The gene alignment report (:meth:`~bulkrnabert_sv.pp.GeneAlignment.report`): ``id_type``,
         ``gene_key``, ``n_vocabulary``, ``n_input``, ``n_matched``, ``n_missing``,
@@ -309,7 +312,7 @@ def embed(
     from ..training.inference import embed_tokens
 
     _check_arguments(batch_size=batch_size, key_added=key_added)
-    check_layer_index(embedding_layer, "embedding_layer")  # 2.0, "2", True: TypeError
+    check_block_index(embedding_block, "embedding_block")  # 2.0, "2", True: TypeError
     check_embed_key(key_added)
     check_data(data, "tl.embed")
     adata = get_modality(data, mod)
@@ -322,9 +325,9 @@ def embed(
         )
     if not isinstance(model, BulkRNABert):
         model = load_model(model)
-    embedding_block = model.resolve_block(embedding_layer)
+    block = model.resolve_block(embedding_block)
     start = logg.info(
-        f"computing BulkRNABert embeddings of {adata.n_obs} samples (block {embedding_block} of "
+        f"computing BulkRNABert embeddings of {adata.n_obs} samples (block {block} of "
         f"{model.config.num_layers}, mean over {model.config.n_genes} genes)"
     )
     batches = HashingBatches(
@@ -337,15 +340,13 @@ def embed(
             f"{'var_names' if gene_key is None else f'var[{gene_key!r}]'} "
             f"({100 * alignment.coverage:.1f}%); model {model!r}"
         )
-    embeddings = embed_tokens(
-        model, batches, block=embedding_block, progress=progress, devices=devices
-    )
+    embeddings = embed_tokens(model, batches, block=block, progress=progress, devices=devices)
     params = {
         "model": str(model.source) if model.source is not None else "in-memory model",
         "revision": str(model.revision) if model.revision is not None else "",
         "layer": "X" if layer is None else layer,
         "gene_key": "var_names" if gene_key is None else gene_key,
-        "embedding_layer": int(embedding_block),
+        BLOCK_KEY: int(block),
         "pooling": "mean",
         "normalization_factor": float(model.config.normalization_factor),
         "n_genes": int(model.config.n_genes),

@@ -4,7 +4,7 @@ Three ways to adapt the encoder (the paper's two downstream tasks use the first 
 
 ``"probe"``
     Frozen encoder; a head is fitted on the mean embeddings (computed once, or reused from
-    ``obsm["X_bulkrnabert"]`` when ``tl.embed`` made them with the same model and layer, and
+    ``obsm["X_bulkrnabert"]`` when ``tl.embed`` made them with the same model and block, and
     its fingerprints show that neither the expression values nor the model changed since).
     The default head is linear (ridge logistic regression or a ridge Cox model) with its L2
     strength chosen by inner cross-validation: on cohorts of tens to hundreds of patients it
@@ -27,6 +27,7 @@ returns the :class:`FinetunedModel`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import numbers
 import os
 import warnings
@@ -39,6 +40,7 @@ from flax import nnx
 
 from .._anndata import get_modality
 from .._keys import (
+    BLOCK_KEY,
     EMBEDDING_KEY,
     EMBEDDING_UNS_KEY,
     PROBA_SUFFIX,
@@ -48,19 +50,22 @@ from .._keys import (
     prediction_key,
 )
 from .._logging import user_stacklevel
-from .._validation import check_int_at_least, check_layer_index, check_positive_int
+from .._settings import COMPILE_CACHE_SIZE
+from .._validation import (
+    check_block_index,
+    check_int_at_least,
+    check_positive_int,
+    renamed_keywords,
+)
 from ..training.finetuned import (
     LOSSES,
     EncoderWithHead,
     FinetunedModel,
     HeadEnsemble,
-    compiled,
     embed_tokens,
-    head_key,
     head_outputs,
     load_finetuned,
     stored_embeddings,
-    structure_key,
 )
 from ..training.fitting import (
     DEFAULT_PENALTIES,
@@ -104,6 +109,7 @@ DEFAULT_VALIDATION_FRACTION = 0.2
 DEFAULT_INNER_FOLDS = 5
 
 
+@renamed_keywords("tl.finetune", embedding_layer="embedding_block")
 def finetune(
     data,
     obs_key: str,
@@ -119,7 +125,7 @@ def finetune(
     penalty: str | Sequence[str] | None = None,
     inner_folds: int | None = None,
     n_seeds: int = 1,
-    embedding_layer: int = -1,
+    embedding_block: int = -1,
     epochs: int | None = None,
     learning_rate: float | None = None,
     weight_decay: float | None = None,
@@ -202,8 +208,9 @@ def finetune(
         fold assignments (the choice uses the mean over all); the MLP head trains this many
         heads (different initialisations, shuffles and inner folds) and averages them (class
         probabilities, or risk scores). Probe only.
-    embedding_layer
+    embedding_block
         The block (1-indexed; -1 = last) whose mean embedding feeds the head.
+        ``embedding_layer=`` is its deprecated name (``layer`` means an AnnData layer).
     epochs, learning_rate, batch_size
         MLP training length, AdamW learning rate and samples per step. Defaults: probe 100 /
         1e-3 / 64, ia3 10 / 3e-3 / 8, full 10 / 1e-4 / 8. Refused for the linear head.
@@ -327,7 +334,7 @@ def finetune(
     )
     targets = _training_targets(data, get_modality(data, mod), obs_key, event_key, settings)
     encoder = nnx.clone(_load_encoder(model))
-    block = encoder.resolve_block(check_layer_index(embedding_layer))
+    block = encoder.resolve_block(check_block_index(embedding_block))
     source = _Source(data, layer, gene_key, mod, inference_batch_size, progress)
     info: dict = {"reused_embeddings": False}
     if method == "probe":
@@ -350,7 +357,7 @@ def finetune(
             "event_key": event_key,
             "model": encoder.source,
             "revision": encoder.revision,
-            "embedding_layer": block,
+            BLOCK_KEY: block,
         },
         run={
             "random_state": int(random_state),
@@ -452,8 +459,7 @@ def _finetune_encoder(
     run = _EncoderRun(
         EncoderWithHead(encoder, head, block), method, original_config, batches.collect(), source
     )
-    key = (method, task, *structure_key(encoder), block, head_key(head))
-    result = _trainer(key, run.graphdef, task).fit(
+    result = _trainer(run.graphdef, task).fit(
         run.params,
         run.frozen,
         inputs=run.tokens,
@@ -512,9 +518,9 @@ class _EncoderRun:
 
     def __init__(self, bundle, method: str, original_config, tokens: np.ndarray, source):
         self.graphdef, self.params, self.frozen = nnx.split(
-            bundle, _trainable(method, bundle.embedding_layer), ...
+            bundle, _trainable(method, bundle.block), ...
         )
-        self.block = bundle.embedding_layer
+        self.block = bundle.block
         self.original_config = original_config
         self.tokens = tokens
         self.batch_size = source.batch_size
@@ -530,7 +536,7 @@ class _EncoderRun:
         return embed_tokens(
             encoder,
             _ArrayBatches(tokens, self.batch_size),
-            embedding_layer=self.block,
+            block=self.block,
             batch_size=self.batch_size,
             progress=progress,
         )
@@ -586,7 +592,7 @@ def _finetuned(
         classes=targets.classes,
         obs_key=provenance["obs_key"],
         event_key=provenance["event_key"],
-        embedding_layer=provenance["embedding_layer"],
+        embedding_block=provenance[BLOCK_KEY],
         params=_drop_none(params_record),
         metrics=metrics,
         history=fit.history,
@@ -712,7 +718,7 @@ def fit_probe(
 
     template = new_head(0)
     graphdef = nnx.split(template, nnx.Param, ...)[0]
-    trainer = _trainer(("probe", task, head_key(template)), graphdef, task)
+    trainer = _trainer(graphdef, task)
     evaluate = _evaluator(task, targets.arrays)
     common = dict(
         inputs=x,
@@ -886,7 +892,7 @@ def predict(
     (classification), ``obsm[f"{key}_survival"]`` (with ``survival_times``) and
     ``uns[f"{key}_finetune"]`` (the model's training ``params``, ``metrics``, ``history``,
     ``selection``, ``fields`` and ``classes``). A probe reuses ``obsm["X_bulkrnabert"]`` when
-    ``tl.embed`` computed it with the model's encoder and layer, and its fingerprints show that
+    ``tl.embed`` computed it with the model's encoder and block, and its fingerprints show that
     neither the expression values nor the encoder changed since.
 
     Raises
@@ -919,7 +925,7 @@ def predict(
         embeddings = _stored_or_embed(
             model.encoder,
             data,
-            model.embedding_layer,
+            model.embedding_block,
             layer=layer,
             gene_key=gene_key,
             mod=mod,
@@ -1193,16 +1199,14 @@ def _check_key_added(key_added, obs_key, event_key) -> None:
         )
 
 
-def _trainer(key, graphdef, task: str) -> Trainer:
-    """A trainer per model structure and task (compiled once, reused across calls)."""
+@functools.lru_cache(maxsize=COMPILE_CACHE_SIZE)
+def _trainer(graphdef, task: str) -> Trainer:
+    """A trainer per model structure (``graphdef``) and task, compiled once and reused."""
 
-    def build():
-        def apply(params, frozen, x):
-            return nnx.merge(graphdef, params, frozen)(x)
+    def apply(params, frozen, x):
+        return nnx.merge(graphdef, params, frozen)(x)
 
-        return Trainer(apply, LOSSES[task])
-
-    return compiled(("trainer", *key), build)
+    return Trainer(apply, LOSSES[task])
 
 
 def _load_encoder(model):
@@ -1224,19 +1228,19 @@ def _load_encoder(model):
 
 
 def _stored_or_embed(
-    encoder, data, embedding_block, *, layer, gene_key, mod, batch_size, progress, info, function
+    encoder, data, block, *, layer, gene_key, mod, batch_size, progress, info, function
 ):
     """``obsm["X_bulkrnabert"]`` if still valid for ``encoder`` and the data, else new embeddings.
 
-    Valid: :func:`stored_embeddings` accepts its record (source, revision, layers, gene key) and
-    the fingerprints ``tl.embed`` stored match (the encoder's, and the tokens' of the data as
-    it is now, hashed in one pass without embedding). Otherwise the embeddings are recomputed,
+    Valid: :func:`stored_embeddings` accepts its record (source, revision, block, expression
+    layer, gene key) and the fingerprints ``tl.embed`` stored match (the encoder's, and the
+    tokens' of the data as it is now, hashed in one pass without embedding). Otherwise the embeddings are recomputed,
     with a warning saying why when there were stored ones.
     """
     from ..pp._tokens import token_batches
 
     adata = get_modality(data, mod)
-    stored = stored_embeddings(adata, encoder, embedding_block, layer, gene_key)
+    stored = stored_embeddings(adata, encoder, block, layer, gene_key)
     batches = HashingBatches(
         token_batches(data, encoder, layer=layer, gene_key=gene_key, mod=mod, batch_size=batch_size)
     )
@@ -1253,9 +1257,7 @@ def _stored_or_embed(
             UserWarning,
             stacklevel=user_stacklevel(),
         )
-    return embed_tokens(
-        encoder, batches, embedding_layer=embedding_block, batch_size=batch_size, progress=progress
-    )
+    return embed_tokens(encoder, batches, block=block, batch_size=batch_size, progress=progress)
 
 
 class _ArrayBatches:
@@ -1275,7 +1277,7 @@ class _ArrayBatches:
             yield start, stop, self.tokens[start:stop]
 
 
-def _trainable(method: str, embedding_block: int):
+def _trainable(method: str, block: int):
     """Which variables of ``EncoderWithHead`` are trained (the rest stays frozen)."""
     from ..model import IA3Param, MaskEmbeddingParam
 
@@ -1284,8 +1286,8 @@ def _trainable(method: str, embedding_block: int):
             return False
         if path[0] == "head":
             return True
-        # Encoder: the LM head and blocks above the embedding layer get no gradient.
-        if path[1] == "lm_head" or (path[1] == "layers" and int(path[2]) >= embedding_block):
+        # Encoder: the LM head and blocks above the embedding block get no gradient.
+        if path[1] == "lm_head" or (path[1] == "layers" and int(path[2]) >= block):
             return False
         return isinstance(variable, IA3Param) if method == "ia3" else True
 

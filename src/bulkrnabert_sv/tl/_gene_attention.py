@@ -12,7 +12,7 @@ import numpy as np
 from .. import _logging as logg
 from .._anndata import get_modality
 from .._keys import ATTENTION_KEY
-from .._validation import check_layer_index, check_positive_int
+from .._validation import check_block_index, check_positive_int
 from .._version import __version__
 from ._embed import check_data
 from ._interpret import (
@@ -63,7 +63,7 @@ def resolve_blocks(model, layers) -> tuple[int, ...]:
         layers = [layers]
     resolved: list[int] = []
     for k in layers:
-        k = model.resolve_block(check_layer_index(k, "layers"))
+        k = model.resolve_block(check_block_index(k, "layers"))
         if k not in resolved:
             resolved.append(k)
     if not resolved:

@@ -10,8 +10,8 @@ import pandas as pd
 
 from .. import _logging as logg
 from .._anndata import get_modality
-from .._keys import PERTURB_KEY
-from .._validation import check_positive_int
+from .._keys import BLOCK_KEY, PERTURB_KEY
+from .._validation import check_positive_int, renamed_keywords
 from .._version import __version__
 from ._embed import check_data
 from ._interpret import (
@@ -111,6 +111,7 @@ def cosine_shift(reference: np.ndarray, perturbed: np.ndarray) -> np.ndarray:
     return np.clip(1.0 - cos, 0.0, 2.0)
 
 
+@renamed_keywords("tl.perturb", embedding_layer="embedding_block")
 def perturb(
     data,
     model,
@@ -119,7 +120,7 @@ def perturb(
     mode: Literal["delete", "overexpress"] = "delete",
     token: int | None = None,
     gene_symbols: str | None = None,
-    embedding_layer: int = -1,
+    embedding_block: int = -1,
     layer: str | None = None,
     gene_key: str | None = None,
     mod: str = "rna",
@@ -142,7 +143,7 @@ def perturb(
         AnnData (or MuData, modality ``mod``) with TPM.
     model
         An encoder (:class:`~bulkrnabert_sv.model.BulkRNABert`), a model source, or a
-        :class:`~bulkrnabert_sv.tl.FinetunedModel`: then its encoder and embedding layer are
+        :class:`~bulkrnabert_sv.tl.FinetunedModel`: then its encoder and embedding block are
         used and the change of its output is reported too.
     genes
         A gene, a list of genes (each perturbed alone) or ``{name: [genes]}`` (each set
@@ -156,9 +157,9 @@ def perturb(
         extreme, not a realistic level; pass a lower bin for a milder one).
     gene_symbols
         ``var`` column of gene symbols to look names up in (e.g. ``"symbol"``).
-    embedding_layer
+    embedding_block
         Encoder block whose mean is the embedding (1-indexed, -1 = last); a fine-tuned model's
-        own layer is used instead.
+        own block is used instead. ``embedding_layer=`` is its deprecated name.
     layer, gene_key, mod
         Where the TPM values, gene ids and modality are.
     batch_size
@@ -187,7 +188,7 @@ def perturb(
         probabilities, margins do not saturate for confident predictions). Survival: the risk
         score.
     ``uns[key]``
-        ``params`` (mode, token, the encoder's source and fingerprint, embedding layer) and
+        ``params`` (mode, token, the encoder's source and fingerprint, embedding block) and
         ``summary``: DataFrame per perturbation with ``genes`` (model ids, ``;``-joined),
         ``n_genes``, ``n_changed`` (samples whose tokens changed), ``mean_shift``,
         ``median_shift``, ``max_shift`` and, with a fine-tuned model, ``mean_output_change``
@@ -218,9 +219,7 @@ def perturb(
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}.")
     tuned = model if isinstance(model, FinetunedModel) else None
     encoder = tuned.encoder if tuned is not None else load_encoder(model, "tl.perturb")
-    embedding_block = (
-        tuned.embedding_layer if tuned is not None else encoder.resolve_block(embedding_layer)
-    )
+    block = tuned.embedding_block if tuned is not None else encoder.resolve_block(embedding_block)
     n_bins = encoder.config.n_expressions_bins
     if mode == "delete":
         if token is not None:
@@ -239,7 +238,7 @@ def perturb(
         f"perturbing {len(sets)} gene{' set' if any(len(v) > 1 for v in sets.values()) else ''}"
         f"{'s' if len(sets) > 1 else ''} ({mode}) in {adata.n_obs} samples"
     )
-    embed = lambda t: embed_token_array(encoder, t, block=embedding_block, batch_size=batch_size)  # noqa: E731
+    embed = lambda t: embed_token_array(encoder, t, block=block, batch_size=batch_size)  # noqa: E731
     reference = embed(tokens)
     reference_out = tuned.outputs(reference) if tuned is not None else None
     shifts = np.zeros((adata.n_obs, len(sets)), np.float64)
@@ -306,7 +305,7 @@ def perturb(
         **model_record(encoder),
         "mode": mode,
         "token": int(value),
-        "embedding_layer": int(embedding_block),
+        BLOCK_KEY: int(block),
         "finetuned": tuned is not None,
         "task": "" if tuned is None else tuned.task,
         "gene_coverage": float(alignment.coverage),

@@ -12,12 +12,16 @@ Layout of a saved fine-tuned model (no pickle anywhere)::
       finetuned.json       task, method, classes, head settings, obs keys, training parameters,
                            metrics and history, baseline hazard (survival), package version
 
-Format version 2 (an ensemble head) is written only for ensembles; other models stay version 1.
+Format versions: 1, a single head; 2, an ensemble head; 3 (written now, for every model), the
+block recorded as ``embedding_block`` (``embedding_layer`` before: files of versions 1 and 2 are
+still read).
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -29,12 +33,22 @@ from flax import nnx
 
 from .._files import FINETUNED_BACKBONE_DIR as BACKBONE_DIR
 from .._files import FINETUNED_META_FILE as META_FILE
-from .._keys import EMBEDDING_KEY, EMBEDDING_UNS_KEY, RISK_COLUMN
+from .._keys import (
+    BLOCK_KEY,
+    EMBEDDING_KEY,
+    EMBEDDING_UNS_KEY,
+    OLD_BLOCK_KEY,
+    RISK_COLUMN,
+    recorded_block,
+)
+from .._settings import COMPILE_CACHE_SIZE
+from .._validation import renamed_keywords
+from ..model.heads import HeadSettings
 from .survival import cox_negative_log_likelihood
 from .targets import TASKS
 
 FORMAT_NAME = "bulkrnabert-sv-finetuned"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 #: How an ensemble head combines its members (see HeadEnsemble).
 COMBINE = ("probabilities", "mean")
 HEAD_FILE = "head.safetensors"
@@ -63,15 +77,15 @@ LOSSES = {"classification": classification_loss, "survival": survival_loss}
 
 # ------------------------------------------------------------------------------------ modules
 class EncoderWithHead(nnx.Module):
-    """The encoder's mean embedding of one layer, then the head."""
+    """The encoder's mean embedding of one block, then the head."""
 
-    def __init__(self, encoder, head, embedding_layer: int):
+    def __init__(self, encoder, head, block: int):
         self.encoder = encoder
         self.head = head
-        self.embedding_layer = embedding_layer
+        self.block = block
 
     def __call__(self, tokens):
-        return self.head(self.encoder.mean_embedding(tokens, block=self.embedding_layer))
+        return self.head(self.encoder.mean_embedding(tokens, block=self.block))
 
 
 class HeadEnsemble(nnx.Module):
@@ -94,7 +108,9 @@ class HeadEnsemble(nnx.Module):
         if len(members) < 2:
             raise ValueError("An ensemble needs at least two heads.")
         self.members = nnx.List(members)
-        self.settings = {**members[0].settings, "members": len(members), "combine": combine}
+        self.settings = HeadSettings(
+            {**members[0].settings, "members": len(members), "combine": combine}
+        )
 
     def __call__(self, x: jax.Array) -> jax.Array:
         outputs = jnp.stack([member(x) for member in self.members])
@@ -116,63 +132,42 @@ def build_head(settings: Mapping, rngs: nnx.Rngs):
     return HeadEnsemble([MLPHead(*shape, **settings, rngs=rngs) for _ in range(members)], combine)
 
 
-#: Compiled functions, keyed by what determines the computation (a GraphDef holding the
-#: head's settings dict is not hashable, so jax.jit cannot key on it).
-_COMPILED: dict = {}
-_MAX_COMPILED = 16
-
-
-def compiled(key, build):
-    """``build()`` once per ``key`` (a few recent ones are kept)."""
-    function = _COMPILED.get(key)
-    if function is None:
-        if len(_COMPILED) >= _MAX_COMPILED:
-            _COMPILED.pop(next(iter(_COMPILED)))
-        function = _COMPILED[key] = build()
-    return function
-
-
-def structure_key(encoder) -> tuple:
-    """What, besides the weights' values, determines an encoder's computation."""
-    return (encoder.config, encoder.has_ia3, encoder.mask_embedding is not None)
-
-
-def embed_tokens(encoder, batches, *, embedding_layer: int, batch_size: int, progress: bool):
+def embed_tokens(encoder, batches, *, block: int, batch_size: int, progress: bool):
     """Mean embeddings of every ``(start, stop, tokens)`` batch, as float32 (n_obs, embed_dim).
 
     The shared inference routine (one compiled function, padded batches, data parallel).
     """
     from .inference import embed_tokens as _embed_tokens
 
-    return _embed_tokens(
-        encoder, batches, block=embedding_layer, batch_size=batch_size, progress=progress
-    )
+    return _embed_tokens(encoder, batches, block=block, batch_size=batch_size, progress=progress)
 
 
-def head_key(head) -> str:
-    return json.dumps(head.settings, sort_keys=True)
+@functools.lru_cache(maxsize=COMPILE_CACHE_SIZE)
+def head_function(graphdef):
+    """The jitted ``(state, embeddings) -> outputs`` of heads of this structure.
+
+    Cached by ``graphdef`` (hashable: heads hold their settings as a ``HeadSettings``), so
+    heads of equal structure share one compilation.
+    """
+    return jax.jit(lambda state, x: nnx.merge(graphdef, state)(x))
 
 
 def head_outputs(head, embeddings: np.ndarray) -> np.ndarray:
     """The head's raw outputs for mean embeddings (n, embed_dim), as a numpy array."""
     graphdef, state = nnx.split(head)
-
-    def build():
-        return jax.jit(lambda state, x: nnx.merge(graphdef, state)(x))
-
-    apply = compiled(("head", head_key(head)), build)
+    apply = head_function(graphdef)
     return np.asarray(apply(state, jnp.asarray(embeddings, dtype=jnp.float32)))
 
 
 def stored_embeddings(
-    adata, encoder, embedding_layer: int, layer: str | None, gene_key: str | None = None
+    adata, encoder, block: int, layer: str | None, gene_key: str | None = None
 ) -> np.ndarray | None:
-    """``obsm["X_bulkrnabert"]`` when ``tl.embed`` computed it with this model and layer.
+    """``obsm["X_bulkrnabert"]`` when ``tl.embed`` computed it with this model and block.
 
     The check reads ``uns["bulkrnabert"]["params"]``: same ``model`` source and ``revision``,
-    same ``embedding_layer`` and, when recorded, the same expression ``layer`` and
-    ``gene_key``. Anything else (or a model of unknown origin) returns None: the embeddings
-    are then recomputed.
+    same ``embedding_block`` (``embedding_layer`` in older records) and, when recorded, the
+    same expression ``layer`` and ``gene_key``. Anything else (or a model of unknown origin)
+    returns None: the embeddings are then recomputed.
     """
     stored = adata.obsm[EMBEDDING_KEY] if EMBEDDING_KEY in adata.obsm else None
     info = adata.uns.get(EMBEDDING_UNS_KEY, {})
@@ -184,12 +179,12 @@ def stored_embeddings(
     if (params.get("revision") or None) != (encoder.revision or None):
         return None
     try:
-        same_layer = encoder.resolve_block(int(params.get("embedding_layer", -1))) == (
-            encoder.resolve_block(embedding_layer)
+        same_block = encoder.resolve_block(int(recorded_block(params, -1))) == (
+            encoder.resolve_block(block)
         )
     except (TypeError, ValueError):
         return None
-    if not same_layer:
+    if not same_block:
         return None
     # tl.embed records the defaults as "X" and "var_names".
     if "layer" in params and _default(params["layer"], "X") != layer:
@@ -228,8 +223,9 @@ class FinetunedModel:
         Class names in output order (classification), else None.
     obs_key, event_key
         The ``obs`` columns trained on.
-    embedding_layer
-        The encoder block (1-indexed) whose mean embedding feeds the head.
+    embedding_block
+        The encoder block (1-indexed) whose mean embedding feeds the head (``embedding_layer``
+        is its deprecated name).
     params, metrics, history
         Training parameters, final train/validation metrics and per-epoch history.
     selection
@@ -240,6 +236,7 @@ class FinetunedModel:
         training samples' risk scores (see :meth:`survival_function`); else None.
     """
 
+    @renamed_keywords("FinetunedModel", embedding_layer="embedding_block")
     def __init__(
         self,
         encoder,
@@ -250,7 +247,7 @@ class FinetunedModel:
         classes: list | None,
         obs_key: str,
         event_key: str | None,
-        embedding_layer: int,
+        embedding_block: int,
         params: dict | None = None,
         metrics: dict | None = None,
         history: dict | None = None,
@@ -264,7 +261,7 @@ class FinetunedModel:
         self.classes = None if classes is None else list(classes)
         self.obs_key = obs_key
         self.event_key = event_key
-        self.embedding_layer = int(embedding_layer)
+        self.embedding_block = int(embedding_block)
         self.params = dict(params or {})
         self.metrics = dict(metrics or {})
         self.history = dict(history or {})
@@ -281,9 +278,22 @@ class FinetunedModel:
         return (
             f"FinetunedModel(task={self.task!r}, method={self.method!r}, "
             f"head={self.head_kind!r}, {what}, "
-            f"obs_key={self.obs_key!r}, embedding_layer={self.embedding_layer}, "
+            f"obs_key={self.obs_key!r}, embedding_block={self.embedding_block}, "
             f"encoder={self.encoder.config.num_layers} layers × {self.encoder.config.embed_dim})"
         )
+
+    @property
+    def embedding_layer(self) -> int:
+        """Deprecated name of :attr:`embedding_block`."""
+        from .._logging import user_stacklevel
+
+        warnings.warn(
+            "FinetunedModel.embedding_layer is deprecated; use embedding_block (the transformer "
+            "block; layer means an AnnData layer in bulkrnabert-sv).",
+            DeprecationWarning,
+            stacklevel=user_stacklevel(),
+        )
+        return self.embedding_block
 
     @property
     def head_kind(self) -> str:
@@ -317,7 +327,7 @@ class FinetunedModel:
         return embed_tokens(
             self.encoder,
             batches,
-            embedding_layer=self.embedding_layer,
+            block=self.embedding_block,
             batch_size=batch_size,
             progress=progress,
         )
@@ -443,15 +453,15 @@ class FinetunedModel:
         save_file(tensors, str(folder / HEAD_FILE), metadata={"format": FORMAT_NAME})
         meta = {
             "format": FORMAT_NAME,
-            "format_version": FORMAT_VERSION if "members" in self.head.settings else 1,
+            "format_version": FORMAT_VERSION,
             "package_version": __version__,
             "task": self.task,
             "method": self.method,
             "classes": self.classes,
             "obs_key": self.obs_key,
             "event_key": self.event_key,
-            "embedding_layer": self.embedding_layer,
-            "head": self.head.settings,
+            BLOCK_KEY: self.embedding_block,
+            "head": self.head.settings.to_dict(),
             "source": self.encoder.source,
             "revision": self.encoder.revision,
             "params": _jsonable(self.params),
@@ -543,7 +553,7 @@ def load_finetuned(path) -> FinetunedModel:
         classes=meta.get("classes"),
         obs_key=meta["obs_key"],
         event_key=meta.get("event_key"),
-        embedding_layer=meta["embedding_layer"],
+        embedding_block=recorded_block(meta),
         params=meta.get("params"),
         metrics=meta.get("metrics"),
         history=meta.get("history"),
@@ -625,9 +635,10 @@ def meta_problems(meta: Mapping) -> list[str]:
             )
     if not isinstance(meta.get("obs_key"), str) or not meta.get("obs_key"):
         problems.append(f"'obs_key' is {meta.get('obs_key')!r}, not an obs column name")
-    if not _is_int(meta.get("embedding_layer"), 1):
+    block_key = _block_key(meta)
+    if not _is_int(meta.get(block_key), 1):
         problems.append(
-            f"'embedding_layer' is {meta.get('embedding_layer', '<absent>')!r}, not an encoder "
+            f"'{block_key}' is {meta.get(block_key, '<absent>')!r}, not an encoder "
             "block (an integer >= 1)"
         )
     hazard = meta.get("baseline_hazard")
@@ -660,12 +671,18 @@ def encoder_problems(meta: Mapping, encoder) -> list[str]:
             f"{BACKBONE_DIR}/ has embed_dim={width}"
         )
     layers = encoder.config.num_layers
-    if meta["embedding_layer"] > layers:
+    block_key = _block_key(meta)
+    if meta[block_key] > layers:
         problems.append(
-            f"'embedding_layer' is {meta['embedding_layer']}, but the encoder in {BACKBONE_DIR}/ "
+            f"'{block_key}' is {meta[block_key]}, but the encoder in {BACKBONE_DIR}/ "
             f"has {layers} layers"
         )
     return problems
+
+
+def _block_key(meta: Mapping) -> str:
+    """The block's key in ``meta``: ``embedding_block`` (before format 3 ``embedding_layer``)."""
+    return OLD_BLOCK_KEY if BLOCK_KEY not in meta and OLD_BLOCK_KEY in meta else BLOCK_KEY
 
 
 def _jsonable(value):

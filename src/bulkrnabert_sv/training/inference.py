@@ -19,7 +19,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from .._validation import check_layer_index, check_positive_int
+from .._validation import check_block_index, check_positive_int
 from .sharding import batch_sharding, data_mesh, global_array, replicate, replicated
 
 
@@ -45,7 +45,7 @@ class _Runner:
         devices: Sequence | None,
         n_obs: int | None = None,
     ):
-        self.block = model.resolve_block(check_layer_index(block, "block"))
+        self.block = model.resolve_block(check_block_index(block, "block"))
         self.n_genes = model.config.n_genes
         devices = list(jax.local_devices() if devices is None else devices)
         if not devices:
@@ -152,7 +152,7 @@ def embed_tokens(
     """
     from .._logging import progress_bar
 
-    check_layer_index(block, "block")
+    check_block_index(block, "block")
     n_obs = getattr(batches, "n_obs", None) if n_obs is None else n_obs
     batch_size = getattr(batches, "batch_size", None) if batch_size is None else batch_size
     if batch_size is not None:
