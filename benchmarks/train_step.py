@@ -89,17 +89,17 @@ def _finetune_functions(method: str, batch: int, remat: bool):
 
     from bulkrnabert_sv.model import MLPHead, random_model
     from bulkrnabert_sv.tl._finetune import _trainable, _trainer
-    from bulkrnabert_sv.training.finetuned import EncoderWithHead, structure_key
+    from bulkrnabert_sv.training.finetuned import EncoderWithHead
 
     genes = _genes()
     encoder = random_model("tcga", genes=genes, remat=remat)
     if method == "ia3":
         encoder.enable_ia3()
     head = MLPHead(encoder.config.embed_dim, (256, 128), 5, rngs=nnx.Rngs(0))
-    depth = encoder.config.num_layers
-    bundle = EncoderWithHead(encoder, head, depth)
-    graphdef, params, frozen = nnx.split(bundle, _trainable(method, depth), ...)
-    trainer = _trainer(("bench", method, *structure_key(encoder)), graphdef, "classification")
+    block = encoder.config.num_layers
+    bundle = EncoderWithHead(encoder, head, block)
+    graphdef, params, frozen = nnx.split(bundle, _trainable(method, block), ...)
+    trainer = _trainer(graphdef, "classification")
     opt_state = trainer.optimizer(learning_rate=1e-3, weight_decay=1e-4).init(params)
     rng = np.random.default_rng(0)
     tokens = rng.integers(0, 64, (batch, len(genes)), dtype=np.int32)
