@@ -89,6 +89,7 @@ API_SECTIONS = [
             "random_model",
             "BulkRNABert",
             "BulkRNABertConfig",
+            "ExecutionConfig",
             "MLPHead",
             "load_head",
             "export_hf_folder",

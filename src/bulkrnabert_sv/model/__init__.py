@@ -1,7 +1,7 @@
 """The BulkRNABert model: configuration, NNX modules, tokenizer, attention, checkpoints, vocabulary."""
 
 from .attention import attention_weights, dot_product_attention
-from .config import PRESETS, BulkRNABertConfig
+from .config import PRESETS, BulkRNABertConfig, ExecutionConfig
 from .errors import CheckpointError
 from .files import export_hf_folder
 from .heads import MLPHead, load_head
@@ -18,6 +18,7 @@ __all__ = [
     "BulkRNABert",
     "BulkRNABertConfig",
     "CheckpointError",
+    "ExecutionConfig",
     "IA3Param",
     "MLPHead",
     "MaskEmbeddingParam",

@@ -1,4 +1,15 @@
-"""Configuration of the BulkRNABert encoder, with the published presets."""
+"""Configuration of the BulkRNABert encoder, with the published presets.
+
+Two kinds of settings (as flax's gemma example keeps its transformer configuration apart from
+how it is run): :class:`BulkRNABertConfig` is the architecture and tokenizer, what a checkpoint
+is; :class:`ExecutionConfig` is how a model runs (attention implementation, block sizes,
+compute dtype, remat), which changes speed and memory but not the function computed (up to
+rounding). A model holds both (``model.config``, ``model.execution``) and changes the latter
+with ``model.set_execution(...)`` (in place) or ``model.with_execution(...)`` (a new model on
+the same parameter arrays). ``BulkRNABertConfig`` still carries the execution fields: they are
+the settings a model built from it starts with (so configs, checkpoints and
+``load_model(..., remat=True)`` keep working), forwarded to :class:`ExecutionConfig`.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +23,71 @@ AttentionImplementation = Literal[
 ]
 #: The attention implementations (see :mod:`.attention`), in one place: the Literal above.
 ATTENTION_IMPLEMENTATIONS: tuple[str, ...] = get_args(AttentionImplementation)
+
+#: The execution settings (fields of :class:`ExecutionConfig`, also carried by
+#: :class:`BulkRNABertConfig` as a model's initial ones).
+EXECUTION_FIELDS = (
+    "attention_implementation",
+    "attention_block_q",
+    "attention_block_k",
+    "compute_dtype",
+    "remat",
+)
+
+
+def _execution_problems(attention_implementation, compute_dtype) -> list[str]:
+    problems = []
+    if attention_implementation not in ATTENTION_IMPLEMENTATIONS:
+        problems.append(
+            f"attention_implementation must be one of {ATTENTION_IMPLEMENTATIONS}, "
+            f"got {attention_implementation!r}"
+        )
+    if compute_dtype not in ("float32", "bfloat16", "float16"):
+        problems.append(
+            f"compute_dtype must be 'float32', 'bfloat16' or 'float16', got {compute_dtype!r}"
+        )
+    return problems
+
+
+@dataclasses.dataclass(frozen=True)
+class ExecutionConfig:
+    """How a BulkRNABert model runs: speed and memory, never the function (up to rounding).
+
+    Held by the model next to its architecture (``model.execution`` beside ``model.config``);
+    change it with :meth:`~bulkrnabert_sv.model.BulkRNABert.set_execution` or
+    :meth:`~bulkrnabert_sv.model.BulkRNABert.with_execution`.
+
+    Attributes
+    ----------
+    attention_implementation
+        ``"auto"``, ``"xla"`` (materialised, the reference), ``"blockwise"`` (online softmax,
+        memory linear in sequence length: the numba host kernel on CPU, else JAX loops; force one
+        with ``"blockwise_host"``/``"blockwise_jax"``) or ``"cudnn"`` (fused GPU kernel,
+        bf16/fp16).
+    attention_block_q, attention_block_k
+        Query and key block sizes of the blockwise implementation (``None``: its defaults).
+    compute_dtype
+        ``"float32"`` (default) or ``"bfloat16"``/``"float16"`` for mixed precision: matrix products
+        in that dtype, parameters and LayerNorm statistics stay float32.
+    remat
+        Rematerialise each transformer block in the backward pass (saves memory when training).
+    """
+
+    attention_implementation: AttentionImplementation = "auto"
+    attention_block_q: int | None = None
+    attention_block_k: int | None = None
+    compute_dtype: str = "float32"
+    remat: bool = False
+
+    def __post_init__(self) -> None:
+        problems = _execution_problems(self.attention_implementation, self.compute_dtype)
+        if problems:
+            raise ValueError("Invalid ExecutionConfig: " + "; ".join(problems))
+
+    def replace(self, **changes: Any) -> ExecutionConfig:
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
 
 #: Fields of the Hugging Face / Haiku configs that describe the architecture.
 ARCHITECTURE_FIELDS = (
@@ -30,11 +106,13 @@ ARCHITECTURE_FIELDS = (
 
 @dataclasses.dataclass(frozen=True)
 class BulkRNABertConfig:
-    """Architecture, tokenizer and execution settings of a BulkRNABert encoder.
+    """Architecture and tokenizer of a BulkRNABert encoder, and its initial execution settings.
 
     The architecture fields carry the names used by the upstream Haiku and Hugging Face configs.
-    Execution settings (attention implementation, block sizes, compute dtype, remat) change speed
-    and memory, never the function computed (up to floating-point rounding).
+    The execution fields (attention implementation, block sizes, compute dtype, remat) are those
+    a model built from this config starts with (:attr:`execution`); a model keeps its current
+    ones in ``model.execution`` (:class:`ExecutionConfig`). They change speed and memory, never
+    the function computed (up to floating-point rounding).
 
     Attributes
     ----------
@@ -114,15 +192,7 @@ class BulkRNABertConfig:
                 )
         if not self.normalization_factor > 0:
             problems.append(f"normalization_factor must be > 0, got {self.normalization_factor!r}")
-        if self.attention_implementation not in ATTENTION_IMPLEMENTATIONS:
-            problems.append(
-                f"attention_implementation must be one of {ATTENTION_IMPLEMENTATIONS}, "
-                f"got {self.attention_implementation!r}"
-            )
-        if self.compute_dtype not in ("float32", "bfloat16", "float16"):
-            problems.append(
-                f"compute_dtype must be 'float32', 'bfloat16' or 'float16', got {self.compute_dtype!r}"
-            )
+        problems += _execution_problems(self.attention_implementation, self.compute_dtype)
         if problems:
             raise ValueError("Invalid BulkRNABertConfig: " + "; ".join(problems))
 
@@ -232,6 +302,15 @@ class BulkRNABertConfig:
     def architecture(self) -> dict[str, Any]:
         """The fields that determine parameter shapes."""
         return {name: getattr(self, name) for name in ARCHITECTURE_FIELDS}
+
+    @property
+    def execution(self) -> ExecutionConfig:
+        """The execution settings this config carries (a model built from it starts with them)."""
+        return ExecutionConfig(**{name: getattr(self, name) for name in EXECUTION_FIELDS})
+
+    def with_execution(self, execution: ExecutionConfig) -> BulkRNABertConfig:
+        """This architecture with ``execution``'s settings as its execution fields."""
+        return self.replace(**dataclasses.asdict(execution))
 
 
 PRESETS = {

@@ -9,7 +9,7 @@ Forward pass (Gélard et al., ML4H 2024; docs/model_card.md)::
 Hooks for training live on the modules from the start, inert until switched on:
 IA3 rescaling vectors (:meth:`BulkRNABert.enable_ia3`), a learned mask embedding for masked
 expression modelling (:meth:`BulkRNABert.enable_mask_embedding`) and per-block remat
-(``config.remat``). Parameters are plain :class:`flax.nnx.Param`; IA3 vectors are :class:`IA3Param`
+(``model.execution.remat``, set with :meth:`BulkRNABert.set_execution`). Parameters are plain :class:`flax.nnx.Param`; IA3 vectors are :class:`IA3Param`
 and the mask embedding a :class:`MaskEmbeddingParam`, so optimisers can select them by type.
 """
 
@@ -30,7 +30,7 @@ from .attention import (
     dot_product_attention,
     remat_policy,
 )
-from .config import BulkRNABertConfig
+from .config import BulkRNABertConfig, ExecutionConfig
 from .files import save_model
 from .tokenizer import tokenize as _tokenize
 
@@ -63,6 +63,7 @@ class MultiHeadAttention(nnx.Module):
 
     def __init__(self, config: BulkRNABertConfig, *, rngs: nnx.Rngs):
         self.config = config
+        self.execution = config.execution
         width = config.num_attention_heads * config.key_size
         linear = partial(
             nnx.Linear, dtype=_dtype(config.compute_dtype), param_dtype=jnp.float32, rngs=rngs
@@ -92,9 +93,9 @@ class MultiHeadAttention(nnx.Module):
                 q,
                 k,
                 v,
-                implementation=self.config.attention_implementation,
-                block_q=self.config.attention_block_q,
-                block_k=self.config.attention_block_k,
+                implementation=self.execution.attention_implementation,
+                block_q=self.execution.attention_block_q,
+                block_k=self.execution.attention_block_k,
             )
         out = self.output(attended.reshape(*attended.shape[:-2], -1))
         return out, weights
@@ -114,6 +115,18 @@ class TransformerBlock(nnx.Module):
         self.fc1 = linear(config.embed_dim, config.ffn_embed_dim)
         self.fc2 = linear(config.ffn_embed_dim, config.embed_dim)
         self.ia3_ffn = nnx.data(None)
+
+    def linears(self) -> tuple[nnx.Linear, ...]:
+        """The block's projections, which compute in the execution's ``compute_dtype``."""
+        attention = self.attention
+        return (
+            attention.query,
+            attention.key,
+            attention.value,
+            attention.output,
+            self.fc1,
+            self.fc2,
+        )
 
     def __call__(self, x: jax.Array, *, return_weights: bool = False):
         attended, weights = self.attention(self.attention_norm(x), return_weights=return_weights)
@@ -137,7 +150,7 @@ class BulkRNABert(nnx.Module):
     Parameters
     ----------
     config
-        Architecture, tokenizer and execution settings.
+        Architecture and tokenizer, and the execution settings the model starts with.
     rngs
         Random streams for parameter initialisation.
     genes
@@ -148,6 +161,8 @@ class BulkRNABert(nnx.Module):
         self, config: BulkRNABertConfig, *, rngs: nnx.Rngs, genes: Sequence[str] | None = None
     ):
         self.config = config
+        #: How the model runs (:class:`ExecutionConfig`); change it with :meth:`set_execution`.
+        self.execution = config.execution
         if genes is not None:
             genes = tuple(str(g) for g in genes)
             if len(genes) != config.n_genes:
@@ -179,6 +194,45 @@ class BulkRNABert(nnx.Module):
         )
         self.lm_head = nnx.Linear(config.embed_dim, config.n_expressions_bins, rngs=rngs)
         self.mask_embedding = nnx.data(None)
+
+    # ------------------------------------------------------------------------------ execution
+    def set_execution(self, execution: ExecutionConfig | None = None, **changes) -> BulkRNABert:
+        """Change how the model runs, in place; returns the model.
+
+        The one way to change execution settings of a built model: the attention
+        implementation and block sizes, the compute dtype of the blocks' projections and
+        remat. The parameters and the function computed (up to rounding) do not change, nor
+        does the model's fingerprint (``tl.embed``'s ``model_sha256``) except for the compute
+        dtype. ``model.config`` follows (its execution fields are the model's current ones, as
+        saved by :meth:`save`).
+
+        Parameters
+        ----------
+        execution
+            The new settings (default: the current ones).
+        **changes
+            Fields of :class:`ExecutionConfig` to change, e.g. ``remat=True``.
+        """
+        execution = (self.execution if execution is None else execution).replace(**changes)
+        config = self.config.with_execution(execution)
+        dtype = jnp.dtype(execution.compute_dtype)
+        self.execution, self.config = execution, config
+        for block in self.layers:
+            block.config = block.attention.config = config
+            block.attention.execution = execution
+            for linear in block.linears():
+                linear.dtype = dtype
+        return self
+
+    def with_execution(self, execution: ExecutionConfig | None = None, **changes) -> BulkRNABert:
+        """A model with other execution settings on the same parameter arrays (no copy).
+
+        As :meth:`set_execution`, on a new model object; this one is left as it is. The two
+        share the arrays, not the variables: assigning new values into one model's variables
+        (training in place) does not change the other.
+        """
+        graphdef, state = nnx.split(self)
+        return nnx.merge(graphdef, state).set_execution(execution, **changes)
 
     # ------------------------------------------------------------------------------ tokenizer
     def tokenize(self, tpm) -> np.ndarray:
@@ -287,7 +341,7 @@ class BulkRNABert(nnx.Module):
             if index in attention_layers:
                 x, weights = block(x, return_weights=True)
                 outputs[f"attention_map_layer_{index}"] = weights
-            elif cfg.remat:
+            elif self.execution.remat:
                 x = _remat_block_forward(block, x)
             else:
                 x = _block_forward(block, x)

@@ -453,11 +453,11 @@ def _finetune_encoder(
     head = _new_mlp_head(encoder, targets, settings, random_state)
     n_obs = get_modality(source.data, source.mod).n_obs
     full_targets = _expand(targets, n_obs)
-    original_config = _prepare_for_training(encoder, method, remat)
+    original_execution = _prepare_for_training(encoder, method, remat)
     batches = source.token_batches(encoder)
     info["coverage"] = float(batches.alignment.coverage)
     run = _EncoderRun(
-        EncoderWithHead(encoder, head, block), method, original_config, batches.collect(), source
+        EncoderWithHead(encoder, head, block), method, original_execution, batches.collect(), source
     )
     result = _trainer(run.graphdef, task).fit(
         run.params,
@@ -504,31 +504,31 @@ def _new_mlp_head(encoder, targets: Targets, settings, random_state: int):
 
 
 def _prepare_for_training(encoder, method: str, remat: bool):
-    """Add IA3 vectors (``"ia3"``) and switch remat on; returns the configuration to restore."""
-    original_config = encoder.config
+    """Add IA3 vectors (``"ia3"``) and switch remat on; returns the execution to restore."""
+    original_execution = encoder.execution
     if method == "ia3":
         encoder.enable_ia3()
     if remat:
-        encoder.config = original_config.replace(remat=True)
-    return original_config
+        encoder.set_execution(remat=True)
+    return original_execution
 
 
 class _EncoderRun:
     """An encoder and head split into trained and frozen parts, and how to read them back."""
 
-    def __init__(self, bundle, method: str, original_config, tokens: np.ndarray, source):
+    def __init__(self, bundle, method: str, original_execution, tokens: np.ndarray, source):
         self.graphdef, self.params, self.frozen = nnx.split(
             bundle, _trainable(method, bundle.block), ...
         )
         self.block = bundle.block
-        self.original_config = original_config
+        self.original_execution = original_execution
         self.tokens = tokens
         self.batch_size = source.batch_size
 
     def modules(self, params):
-        """The trained encoder (its configuration restored) and head for ``params``."""
+        """The trained encoder (its execution settings restored) and head for ``params``."""
         trained = nnx.merge(self.graphdef, params, self.frozen)
-        trained.encoder.config = self.original_config
+        trained.encoder.set_execution(self.original_execution)
         return trained.encoder, trained.head
 
     def embed(self, encoder, tokens: np.ndarray, *, progress: bool) -> np.ndarray:
