@@ -136,7 +136,11 @@ def test_classification_fields_written(trained, cohort):
     selection = record["selection"]
     assert params["l2"] in selection["l2_grid"] and len(selection["l2_grid"]) == 12
     best = selection["l2_grid"].index(params["l2"])
-    assert selection["cv_balanced_accuracy"][best] == max(selection["cv_balanced_accuracy"])
+    smoothed = selection["cv_balanced_accuracy_smoothed"]
+    assert smoothed[best] == max(smoothed)
+    raw = np.asarray(selection["cv_balanced_accuracy"])
+    padded = np.concatenate([raw[:1], raw, raw[-1:]])
+    np.testing.assert_allclose(smoothed, (padded[:-2] + padded[1:-1] + padded[2:]) / 3)
     assert selection["score"] == "balanced_accuracy" and selection["temperature"] > 0
     train_metrics = record["metrics"]["train"]
     labels = cohort.obs["cancer_type"].to_numpy()

@@ -29,8 +29,8 @@ Both share the softmax scheme:
 
 Inputs are float32, heads-first ``(G, L, D)`` or the model's own ``(B, L, H, D)``, with the
 queries already multiplied by ``scale * log2(e)``; outputs are the attention output (shaped as the
-queries) and the base-2 log-sum-exp of the scaled logits, ``(G, Lq)`` or ``(B, H, Lq)``, which the
-backward pass (in JAX) uses.
+queries) and the base-2 log-sum-exp of the scaled logits, ``(G, Lq)`` or ``(B, H, Lq)``, from
+which the backward pass (:mod:`._host_backward`, or the JAX loops) recomputes the tiles.
 
 The module imports without numba; :func:`available` says whether the kernel can run.
 """

@@ -184,9 +184,10 @@ def finetune(
     l2
         Linear head: the L2 penalty per sample on standardised embeddings (``mean loss +
         l2 / 2 * ||w||^2``), one value or a grid to choose from. Default: 12 values from 1e-4
-        to about 30, log-spaced. The choice minimises the inner folds' held-out log loss
-        (classification) or maximises their cross-validated partial likelihood (survival,
-        Verweij & van Houwelingen).
+        to about 30, log-spaced. The choice maximises the inner folds' pooled balanced
+        accuracy, averaged with the two neighbouring grid values (classification; ties: the
+        lower log loss), or their cross-validated partial likelihood (survival, Verweij & van
+        Houwelingen).
     penalty
         Linear head: how the L2 penalty measures the weights, one or several to choose from by
         the same inner cross-validation as ``l2``: ``"standardised"`` (ridge on embeddings

@@ -457,8 +457,12 @@ def fit_linear_head(
     candidate is chosen:
 
     * classification: the highest balanced accuracy of the pooled out-of-fold predictions
-      (mean over seeds; ties go to the lowest held-out log loss). The log loss itself is not
-      the criterion: on small cohorts it favours shrinkage that costs accuracy. The class
+      (mean over seeds), averaged with its two neighbours on the ``l2`` grid (the ends
+      repeated; :func:`_smooth_along_grid`), ties going to the lowest held-out log loss. One
+      balanced accuracy per grid value jumps with a few samples on small cohorts; the average
+      over neighbours picks a strength that is good across its neighbourhood instead of a lucky
+      one. The log loss itself is not the criterion: on small cohorts it favours shrinkage that
+      costs accuracy. The class
       probabilities are then calibrated by one temperature fitted to the out-of-fold logits
       (:func:`fit_temperature`), which leaves the predicted classes unchanged;
     * survival: the highest cross-validated partial likelihood (Verweij & van Houwelingen
@@ -530,13 +534,15 @@ def _fit_linear_head(x, arrays, task, *, n_classes, l2, folds, penalties) -> Lin
                 ]
             )
             log_loss = scores.mean(axis=0)
-            ties = np.flatnonzero(balanced >= balanced.max() - 1e-12)
+            smoothed = _smooth_along_grid(balanced, len(grid))
+            ties = np.flatnonzero(smoothed >= smoothed.max() - 1e-12)
             best = int(ties[np.argmin(log_loss[ties])])
             weight = arrays.get("weight")
             temperature = fit_temperature(oof[0][best], labels, weight)
             selection.update(
                 score="balanced_accuracy",
                 cv_balanced_accuracy=[float(v) for v in balanced],
+                cv_balanced_accuracy_smoothed=[float(v) for v in smoothed],
                 cv_log_loss=[float(v) for v in log_loss],
                 temperature=temperature,
             )
@@ -557,6 +563,14 @@ def _fit_linear_head(x, arrays, task, *, n_classes, l2, folds, penalties) -> Lin
     (kernel, bias) = _fit_path(task, (x - mean) @ matrix, arrays, [chosen], n_classes)[0]
     kernel, bias = _fold_scaling(kernel / temperature, bias / temperature, mean, matrix)
     return LinearFit(kernel, bias, chosen, selection, out_of_fold, penalty)
+
+
+def _smooth_along_grid(values: np.ndarray, grid_size: int) -> np.ndarray:
+    """The mean of each value and its two neighbours along the ``l2`` grid, per penalty block
+    of ``grid_size`` candidates (the ends repeated)."""
+    blocks = np.asarray(values, dtype=np.float64).reshape(-1, grid_size)
+    padded = np.concatenate([blocks[:, :1], blocks, blocks[:, -1:]], axis=1)
+    return ((padded[:, :-2] + padded[:, 1:-1] + padded[:, 2:]) / 3.0).reshape(-1)
 
 
 def _fold_scaling(kernel, bias, mean, matrix):
