@@ -33,24 +33,10 @@ def child(method: str, remat: bool) -> None:
     """Run one training step and print a JSON line with timings."""
     t0 = time.perf_counter()
     import numpy as np
-    from flax import nnx
-
-    from bulkrnabert_sv.model import MLPHead, random_model
-    from bulkrnabert_sv.tl._finetune import _trainable, _trainer
-    from bulkrnabert_sv.training.finetuned import EncoderWithHead
+    from train_step import finetune_setup
 
     genes = [g.strip() for g in GENES.read_text().splitlines() if g.strip()]
-    encoder = random_model("tcga", genes=genes, remat=remat)
-    if method == "ia3":
-        encoder.enable_ia3()
-    head = MLPHead(encoder.config.embed_dim, (256, 128), 5, rngs=nnx.Rngs(0))
-    block = encoder.config.num_layers
-    bundle = EncoderWithHead(encoder, head, block)
-    graphdef, params, frozen = nnx.split(bundle, _trainable(method, block), ...)
-    trainer = _trainer(graphdef, "classification")
-    opt_state = trainer.optimizer(learning_rate=1e-3, weight_decay=1e-4).init(params)
-    rng = np.random.default_rng(0)
-    tokens = rng.integers(0, 64, (1, len(genes)), dtype=np.int32)
+    trainer, params, opt_state, frozen, tokens, _ = finetune_setup(method, 1, remat, genes)
     targets = {"label": np.array([2], np.int32), "weight": np.ones(1, np.float32)}
     mask = np.ones(1, bool)
     n_trainable = sum(int(np.prod(x.shape)) for x in __import__("jax").tree.leaves(params))

@@ -82,8 +82,10 @@ def _timed_cpu(function, *args) -> tuple[float, float]:
     return time.perf_counter() - start, time.process_time() - cpu
 
 
-def _finetune_functions(method: str, batch: int, remat: bool):
-    import jax
+def finetune_setup(method: str, batch: int, remat: bool, genes):
+    """A full-size encoder with the released classification head, split for ``tl.finetune``'s
+    trainer: ``(trainer, params, opt_state, frozen, tokens, rng)`` (shared with
+    ``finetune_step_memory.py``)."""
     import numpy as np
     from flax import nnx
 
@@ -91,7 +93,6 @@ def _finetune_functions(method: str, batch: int, remat: bool):
     from bulkrnabert_sv.tl._finetune import _trainable, _trainer
     from bulkrnabert_sv.training.finetuned import EncoderWithHead
 
-    genes = _genes()
     encoder = random_model("tcga", genes=genes, remat=remat)
     if method == "ia3":
         encoder.enable_ia3()
@@ -103,6 +104,14 @@ def _finetune_functions(method: str, batch: int, remat: bool):
     opt_state = trainer.optimizer(learning_rate=1e-3, weight_decay=1e-4).init(params)
     rng = np.random.default_rng(0)
     tokens = rng.integers(0, 64, (batch, len(genes)), dtype=np.int32)
+    return trainer, params, opt_state, frozen, tokens, rng
+
+
+def _finetune_functions(method: str, batch: int, remat: bool):
+    import jax
+    import numpy as np
+
+    trainer, params, opt_state, frozen, tokens, rng = finetune_setup(method, batch, remat, _genes())
     targets = {
         "label": rng.integers(0, 5, batch).astype(np.int32),
         "weight": np.ones(batch, np.float32),

@@ -138,18 +138,9 @@ class BulkRNABertConfig:
         Divisor applied to ``log10(1 + TPM)`` before binning (from ``tokenizer_config.json``).
     layer_norm_eps
         LayerNorm epsilon (1e-5 upstream).
-    attention_implementation
-        ``"auto"``, ``"xla"`` (materialised, the reference), ``"blockwise"`` (online softmax,
-        memory linear in sequence length: the numba host kernel on CPU, else JAX loops; force one
-        with ``"blockwise_host"``/``"blockwise_jax"``) or ``"cudnn"`` (fused GPU kernel,
-        bf16/fp16).
-    attention_block_q, attention_block_k
-        Query and key block sizes of the blockwise implementation (``None``: its defaults).
-    compute_dtype
-        ``"float32"`` (default) or ``"bfloat16"``/``"float16"`` for mixed precision: matrix products
-        in that dtype, parameters and LayerNorm statistics stay float32.
-    remat
-        Rematerialise each transformer block in the backward pass (saves memory when training).
+    attention_implementation, attention_block_q, attention_block_k, compute_dtype, remat
+        The execution settings a model built from this config starts with, as in
+        :class:`ExecutionConfig` (they never change the function the model computes).
     """
 
     n_genes: int = 19_062
