@@ -21,7 +21,7 @@ from .._anndata import get_modality
 from .._keys import BLOCK_KEY
 from .._validation import renamed_keywords
 from ..training.finetuned import head_outputs
-from ..training.fitting import DEFAULT_PENALTIES, stratified_folds
+from ..training.fitting import stratified_folds
 from ..training.metrics import (
     LOWER_IS_BETTER,
     corrected_interval,
@@ -38,6 +38,7 @@ from ._finetune import (
     check_inputs,
     fit_probe,
     labelled_targets,
+    penalties_in_effect,
     resolve_settings,
 )
 
@@ -236,9 +237,9 @@ def cross_validate(
         ``embedding_block``).
     **finetune_settings
         Settings of ``finetune`` for the BulkRNABert model: ``head``, ``hidden_sizes``,
-        ``layer_norm``, ``l2``, ``penalty``, ``inner_folds``, ``n_seeds``, ``epochs``, ``learning_rate``,
-        ``weight_decay``, ``batch_size``, ``validation_fraction``, ``early_stopping``,
-        ``class_weight``, ``remat``.
+        ``layer_norm``, ``l2``, ``penalty``, ``inner_folds``, ``n_seeds``, ``epochs``,
+        ``learning_rate``, ``weight_decay``, ``batch_size``, ``validation_fraction``,
+        ``early_stopping``, ``class_weight``, ``remat``.
 
     Returns
     -------
@@ -438,7 +439,7 @@ def _check_folds(targets: Targets, n_splits: int, obs_key: str) -> None:
 def _describe(settings, method: str, task: str) -> str:
     if settings["head"] == "linear":
         kind = "ridge logistic regression" if task == "classification" else "ridge Cox"
-        penalties = settings.get("penalty") or DEFAULT_PENALTIES[task]
+        penalties = penalties_in_effect(settings, task)
         how = (
             f"L2 ({' or '.join(penalties)}) chosen by inner {settings['inner_folds']}-fold CV"
             if settings["inner_folds"]

@@ -62,7 +62,6 @@ from ..training.finetuned import (
     EncoderWithHead,
     FinetunedModel,
     HeadEnsemble,
-    embed_tokens,
     head_outputs,
     load_finetuned,
     stored_embeddings,
@@ -70,12 +69,13 @@ from ..training.finetuned import (
 from ..training.fitting import (
     DEFAULT_PENALTIES,
     L2_GRID,
-    PENALTIES,
     Trainer,
+    check_penalties,
     fit_linear_head,
     stratified_folds,
     stratified_split,
 )
+from ..training.inference import embed_token_array, embed_tokens
 from ..training.metrics import classification_metrics
 from ..training.survival import breslow_baseline, concordance_index
 from ..training.targets import (
@@ -534,12 +534,8 @@ class _EncoderRun:
 
     def embed(self, encoder, tokens: np.ndarray, *, progress: bool) -> np.ndarray:
         """Mean embeddings of ``tokens`` by ``encoder`` at the trained block."""
-        return embed_tokens(
-            encoder,
-            _ArrayBatches(tokens, self.batch_size),
-            block=self.block,
-            batch_size=self.batch_size,
-            progress=progress,
+        return embed_token_array(
+            encoder, tokens, block=self.block, batch_size=self.batch_size, progress=progress
         )
 
     def validation_outputs(self, params, index: np.ndarray) -> np.ndarray:
@@ -675,7 +671,7 @@ def fit_probe(
         if task == "classification":
             targets.set_class_weight(class_weight, everything)
         grid = settings["l2"]
-        penalties = settings.get("penalty") or DEFAULT_PENALTIES[task]
+        penalties = penalties_in_effect(settings, task)
         several = len(grid) * len(penalties) > 1
         folds = [folds_of(s) for s in range(n_seeds)] if several else []
         with warnings.catch_warnings():
@@ -1048,31 +1044,24 @@ def resolve_settings(
             raise ValueError(f"l2 must be one value or several values > 0, got {l2!r}.")
         folds = DEFAULT_INNER_FOLDS if inner_folds is None else inner_folds
         folds = 0 if folds == 0 else check_int_at_least(folds, "inner_folds", 2)
-        if folds == 0 and len(grid) > 1:
-            raise ValueError(
-                "inner_folds=0 leaves nothing to choose l2 with: pass a single l2=<value>, or "
-                "inner_folds >= 2."
-            )
+        # None: the task's default (DEFAULT_PENALTIES), except that a fixed l2 is a strength on
+        # the standardised scale.
         penalties = None
         if penalty is not None:
-            penalties = [penalty] if isinstance(penalty, str) else list(penalty)
-            if not penalties or any(p not in PENALTIES for p in penalties):
-                raise ValueError(
-                    f"penalty must be one of {PENALTIES} or a list of them, got {penalty!r}."
-                )
-            penalties = list(dict.fromkeys(penalties))
-        elif len(grid) == 1:  # a fixed l2 is a strength on the standardised scale
+            penalties = list(check_penalties(penalty))
+        elif len(grid) == 1:
             penalties = ["standardised"]
-        several = len(grid) > 1 or penalties is None or len(penalties) > 1
-        if folds == 0 and several:
+        several = {"l2": len(grid) > 1, "the penalty": len(penalties or ()) > 1}
+        if folds == 0 and any(several.values()):
+            what = " and ".join(name for name, many in several.items() if many)
             raise ValueError(
-                "inner_folds=0 leaves nothing to choose l2 and the penalty with: pass a single "
+                f"inner_folds=0 leaves nothing to choose {what} with: pass a single "
                 "l2=<value> and a single penalty, or inner_folds >= 2."
             )
         settings.update(
             l2=[float(v) for v in grid],
             penalty=penalties,
-            inner_folds=folds if several else 0,
+            inner_folds=folds if any(several.values()) else 0,
         )
     else:
         if penalty is not None:
@@ -1152,10 +1141,16 @@ def _settings_record(settings: Mapping) -> dict:
     record = {k: v for k, v in settings.items() if k not in ("task", "method", "survival_times")}
     if settings["head"] == "linear":
         record["l2_grid"] = record.pop("l2")
-        if record.get("penalty") is None:  # the task's default, resolved when fitting
-            task = settings["task"]
-            record["penalty"] = list(DEFAULT_PENALTIES[task]) if task else []
+        record["penalty"] = list(penalties_in_effect(settings, settings["task"]))
     return record
+
+
+def penalties_in_effect(settings: Mapping, task: str | None) -> tuple[str, ...]:
+    """The linear head's penalty forms: the chosen ones, or the task's default (none while
+    the task is unknown)."""
+    if settings.get("penalty"):
+        return tuple(settings["penalty"])
+    return DEFAULT_PENALTIES[task] if task else ()
 
 
 def labelled_targets(data, adata, obs_key: str, event_key: str | None, task) -> Targets:
@@ -1259,23 +1254,6 @@ def _stored_or_embed(
             stacklevel=user_stacklevel(),
         )
     return embed_tokens(encoder, batches, block=block, batch_size=batch_size, progress=progress)
-
-
-class _ArrayBatches:
-    """``(start, stop, tokens)`` batches of a token array (the interface of ``token_batches``)."""
-
-    def __init__(self, tokens: np.ndarray, batch_size: int):
-        self.tokens = tokens
-        self.batch_size = batch_size
-        self.n_obs = tokens.shape[0]
-
-    def __len__(self) -> int:
-        return -(-self.n_obs // self.batch_size)
-
-    def __iter__(self):
-        for start in range(0, self.n_obs, self.batch_size):
-            stop = min(start + self.batch_size, self.n_obs)
-            yield start, stop, self.tokens[start:stop]
 
 
 def _trainable(method: str, block: int):

@@ -44,6 +44,7 @@ from .._keys import (
 from .._settings import COMPILE_CACHE_SIZE
 from .._validation import renamed_keywords
 from ..model.heads import HeadSettings
+from .inference import embed_tokens
 from .survival import cox_negative_log_likelihood
 from .targets import TASKS
 
@@ -130,16 +131,6 @@ def build_head(settings: Mapping, rngs: nnx.Rngs):
     if members is None:
         return MLPHead(*shape, **settings, rngs=rngs)
     return HeadEnsemble([MLPHead(*shape, **settings, rngs=rngs) for _ in range(members)], combine)
-
-
-def embed_tokens(encoder, batches, *, block: int, batch_size: int, progress: bool):
-    """Mean embeddings of every ``(start, stop, tokens)`` batch, as float32 (n_obs, embed_dim).
-
-    The shared inference routine (one compiled function, padded batches, data parallel).
-    """
-    from .inference import embed_tokens as _embed_tokens
-
-    return _embed_tokens(encoder, batches, block=block, batch_size=batch_size, progress=progress)
 
 
 @functools.lru_cache(maxsize=COMPILE_CACHE_SIZE)

@@ -306,6 +306,14 @@ PENALTIES = ("standardised", "whitened")
 DEFAULT_PENALTIES = {"classification": ("standardised",), "survival": PENALTIES}
 
 
+def check_penalties(penalty: str | Sequence[str]) -> tuple[str, ...]:
+    """``penalty`` (one of :data:`PENALTIES`, or several) as a tuple without repeats."""
+    penalties = (penalty,) if isinstance(penalty, str) else tuple(penalty)
+    if not penalties or any(p not in PENALTIES for p in penalties):
+        raise ValueError(f"penalty must be one of {PENALTIES} or a list of them, got {penalty!r}.")
+    return tuple(dict.fromkeys(penalties))
+
+
 @dataclasses.dataclass
 class LinearFit:
     """A linear head on raw embeddings: ``outputs = x @ kernel + bias``.
@@ -313,18 +321,23 @@ class LinearFit:
     Attributes
     ----------
     kernel, bias
-        Weights (p, n_outputs) and bias (n_outputs,), the standardisation (and, for
-        classification, the temperature) folded in.
+        Weights (p, n_outputs) and bias (n_outputs,), the feature map (standardisation or
+        whitening) and, for classification, the temperature folded in.
     l2
         The L2 strength used.
     selection
-        How ``l2`` was chosen (empty for a fixed ``l2``): ``l2_grid``, ``score`` (the
-        criterion), per grid value ``cv_balanced_accuracy`` and ``cv_log_loss``
-        (classification) or ``cv_partial_likelihood`` (survival, per event), ``inner_folds``,
-        ``n_seeds`` and, for classification, ``temperature``.
+        How ``l2`` (and the penalty) were chosen (empty for a single candidate): ``l2_grid``,
+        ``score`` (the criterion), per candidate ``cv_balanced_accuracy``,
+        ``cv_balanced_accuracy_smoothed`` and ``cv_log_loss`` (classification) or
+        ``cv_partial_likelihood`` (survival, per event), ``inner_folds``, ``n_seeds``; for
+        classification ``temperature``; with several penalties ``penalties``,
+        ``candidate_penalty``, ``candidate_l2`` (the candidate of each list entry) and
+        ``penalty`` (the one chosen).
     out_of_fold
-        Outputs of the inner folds' models for their held-out samples at the chosen ``l2``
+        Outputs of the inner folds' models for their held-out samples at the chosen candidate
         (first seed, temperature applied), or None without inner cross-validation.
+    penalty
+        The penalty form used (:data:`PENALTIES`).
     """
 
     kernel: np.ndarray
@@ -397,7 +410,7 @@ def _softmax(z: np.ndarray) -> np.ndarray:
 
 
 def _fit_path(task, xs, arrays, grid, n_classes, *, tol=1e-6):
-    """(kernel, bias) on standardised inputs for each l2 of ``grid`` (descending, warm starts)."""
+    """(kernel, bias) on the features ``xs`` for each l2 of ``grid`` (descending, warm starts)."""
     from .survival import ridge_cox
 
     fits = []
@@ -449,7 +462,7 @@ def fit_linear_head(
     PCA-whitened (``penalties``, see :data:`PENALTIES`), the model is fitted with the penalty
     ``l2 / 2 * ||w||^2`` added to the mean loss per sample
     (scikit-learn's ``LogisticRegression(C=1 / (l2 * n))``, sample weights = class weights; or
-    :func:`~bulkrnabert_sv.training.survival.ridge_cox`), and the standardisation is folded into
+    :func:`~bulkrnabert_sv.training.survival.ridge_cox`), and the feature map is folded into
     the returned weights.
 
     With several candidates (``l2`` values times ``penalties``), the models of every fold of
@@ -462,14 +475,14 @@ def fit_linear_head(
       balanced accuracy per grid value jumps with a few samples on small cohorts; the average
       over neighbours picks a strength that is good across its neighbourhood instead of a lucky
       one. The log loss itself is not the criterion: on small cohorts it favours shrinkage that
-      costs accuracy. The class
-      probabilities are then calibrated by one temperature fitted to the out-of-fold logits
-      (:func:`fit_temperature`), which leaves the predicted classes unchanged;
+      costs accuracy. The class probabilities are then calibrated by one temperature fitted to
+      the out-of-fold logits (:func:`fit_temperature`), which leaves the predicted classes
+      unchanged;
     * survival: the highest cross-validated partial likelihood (Verweij & van Houwelingen
       1993: the log partial likelihood of the fold's model on all samples minus that on its
       training samples, per held-out event), mean over folds and seeds.
 
-    The final model is fitted on all samples with the chosen ``l2``.
+    The final model is fitted on all samples with the chosen ``l2`` and penalty.
 
     Parameters
     ----------
@@ -490,9 +503,7 @@ def fit_linear_head(
     """
     from threadpoolctl import threadpool_limits
 
-    penalties = tuple(dict.fromkeys(penalties))
-    if not penalties or any(p not in PENALTIES for p in penalties):
-        raise ValueError(f"penalties must be values of {PENALTIES}, got {penalties!r}.")
+    penalties = check_penalties(penalties)
     # Small dense problems: one BLAS thread is faster, and it does not spin against other work.
     with threadpool_limits(limits=1, user_api="blas"):
         return _fit_linear_head(
