@@ -45,7 +45,6 @@ try:
     import numba
     from llvmlite import ir
     from numba import types
-    from numba.core import cgutils
     from numba.extending import intrinsic
 
     _HAVE_NUMBA = True
@@ -85,7 +84,7 @@ def _round_up(value: int, multiple: int) -> int:
 
 
 if _HAVE_NUMBA:
-    from ._simd_kernels import _data, _Emitter, _head_dim, pv_shape
+    from ._simd_kernels import _data, _Emitter, _head_dim, accumulate_run, pv_shape
 
     def _panel_products(e, ap, row_offsets, panels, panel_off, rows, head_dim):
         """``rows x 16`` products of rows of ``ap`` (at ``row_offsets``) with one panel: the
@@ -166,8 +165,9 @@ if _HAVE_NUMBA:
         """``ds(do, do_off, do_stride, vp, v_off, p, out, s_off, s_stride, delta, delta_off,
         marker)``: for ``r < rows`` and the 16 keys of one value panel,
         ``out[s_off + r s_stride + c] = p[same] * (sum_d do[do_off + r do_stride + d]
-        vp[v_off + 16 d + c] - delta[delta_off + r])``. The accumulators start from ``-delta``;
-        the product with ``p`` is taken in registers."""
+        vp[v_off + 16 d + c] - delta[delta_off + r])``. The products are accumulated from zero
+        and ``delta`` is subtracted afterwards, as in :func:`make_p_kernel`; the product with
+        ``p`` is taken in registers."""
         vectors = PANEL // LANES
         intp = types.intp
 
@@ -232,30 +232,9 @@ if _HAVE_NUMBA:
             pp = _data(context, builder, signature.args[0], p)
             vp = _data(context, builder, signature.args[4], v)
             ap = _data(context, builder, signature.args[7], acc)
-            slots = []
-            for r in range(rows):
-                row = e.offset(acc_off, stride=acc_stride, times=r)
-                for c in range(vectors):
-                    offset = e.offset(row, LANES * c)
-                    slot = cgutils.alloca_once(builder, _simd_kernels._V8)
-                    builder.store(e.load(ap, offset), slot)
-                    slots.append((slot, offset))
-            row_offsets = [e.offset(p_off, stride=p_row, times=r) for r in range(rows)]
-
-            def step(j):
-                v_row = builder.add(v_off, builder.mul(j, v_stride))
-                p_col = builder.mul(j, p_step)
-                values = [e.load(vp, e.offset(v_row, LANES * c)) for c in range(vectors)]
-                for r in range(rows):
-                    weight = e.broadcast_load(pp, builder.add(row_offsets[r], p_col))
-                    for c in range(vectors):
-                        slot = slots[r * vectors + c][0]
-                        builder.store(e.fma(weight, values[c], builder.load(slot)), slot)
-
-            with cgutils.for_range(builder, count) as loop:
-                step(loop.index)
-            for slot, offset in slots:
-                e.store(builder.load(slot), ap, offset)
+            acc_rows = [e.offset(acc_off, stride=acc_stride, times=r) for r in range(rows)]
+            p_rows = [e.offset(p_off, stride=p_row, times=r) for r in range(rows)]
+            accumulate_run(e, pp, p_rows, p_step, vp, v_off, v_stride, ap, acc_rows, vectors, count)
             return context.get_dummy_value()
 
         @intrinsic

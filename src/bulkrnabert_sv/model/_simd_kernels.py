@@ -315,6 +315,35 @@ if _HAVE_NUMBA:
 
         return qk_exp
 
+    def accumulate_run(e, pp, p_rows, p_step, vp, v_off, v_stride, ap, acc_rows, vectors, count):
+        """Emit ``acc[acc_rows[r] : + 8 vectors] += sum_{j < count} p[p_rows[r] + j p_step]
+        v[v_off + j v_stride : + 8 vectors]`` for every row ``r``, the accumulators held in
+        registers over the whole run (loaded before it, stored after it). ``p_step=None``: the
+        ``p`` of a row are contiguous (step 1, no multiply)."""
+        builder = e.b
+        slots = []
+        for row in acc_rows:
+            for c in range(vectors):
+                offset = e.offset(row, LANES * c)
+                slot = cgutils.alloca_once(builder, _V8)
+                builder.store(e.load(ap, offset), slot)
+                slots.append((slot, offset))
+
+        def step(j):
+            v_row = builder.add(v_off, builder.mul(j, v_stride))
+            p_col = j if p_step is None else builder.mul(j, p_step)
+            values = [e.load(vp, e.offset(v_row, LANES * c)) for c in range(vectors)]
+            for r, p_row in enumerate(p_rows):
+                weight = e.broadcast_load(pp, builder.add(p_row, p_col))
+                for c in range(vectors):
+                    slot = slots[r * vectors + c][0]
+                    builder.store(e.fma(weight, values[c], builder.load(slot)), slot)
+
+        with cgutils.for_range(builder, count) as loop:
+            step(loop.index)
+        for slot, offset in slots:
+            e.store(builder.load(slot), ap, offset)
+
     def make_pv_kernel():
         """``pv(p, p_off, p_stride, v, v_off, v_stride, acc, acc_off, count, marker)``: for
         ``r < rows``, ``acc[acc_off + r D : + width] += sum_{j < count} p[p_off + r p_stride + j]
@@ -333,28 +362,9 @@ if _HAVE_NUMBA:
             pp = _data(context, builder, signature.args[0], p)
             vp = _data(context, builder, signature.args[3], v)
             ap = _data(context, builder, signature.args[6], acc)
-            slots = []
-            for r in range(rows):
-                for c in range(vectors):
-                    offset = e.offset(acc_off, r * head_dim + LANES * c)
-                    slot = cgutils.alloca_once(builder, _V8)
-                    builder.store(e.load(ap, offset), slot)
-                    slots.append((slot, offset))
-            row_offsets = [e.offset(p_off, stride=p_stride, times=r) for r in range(rows)]
-
-            def step(j):
-                v_row = builder.add(v_off, builder.mul(j, v_stride))
-                values = [e.load(vp, e.offset(v_row, LANES * c)) for c in range(vectors)]
-                for r in range(rows):
-                    weight = e.broadcast_load(pp, builder.add(row_offsets[r], j))
-                    for c in range(vectors):
-                        slot = slots[r * vectors + c][0]
-                        builder.store(e.fma(weight, values[c], builder.load(slot)), slot)
-
-            with cgutils.for_range(builder, count) as loop:
-                step(loop.index)
-            for slot, offset in slots:
-                e.store(builder.load(slot), ap, offset)
+            acc_rows = [e.offset(acc_off, r * head_dim) for r in range(rows)]
+            p_rows = [e.offset(p_off, stride=p_stride, times=r) for r in range(rows)]
+            accumulate_run(e, pp, p_rows, None, vp, v_off, v_stride, ap, acc_rows, vectors, count)
             return context.get_dummy_value()
 
         @intrinsic
